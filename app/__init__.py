@@ -1,0 +1,70 @@
+"""taskgate: the application factory."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from flask import Blueprint, Flask
+
+from app.api import json_response
+from app.auth import init_token_policy
+from app.cli import register_cli
+from app.config import ConfigError, Settings, gather_environment, load_settings
+from app.errors import register_error_handlers
+from app.extensions import db, jwt
+from app.logs import configure_logging
+from app.openapi import build_openapi
+
+__all__ = ["ConfigError", "create_app"]
+
+
+def create_app(config: Mapping[str, object] | None = None) -> Flask:
+    """Build the app. `config` overrides environment variables of the same names."""
+    app = Flask(__name__)
+    settings = load_settings(gather_environment(config), Path(app.instance_path))
+    app.extensions["taskgate.settings"] = settings
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        TESTING=settings.is_testing,
+        APP_ENV=settings.app_env,
+    )
+    configure_logging(app, settings)
+    for warning in settings.warnings:
+        app.logger.warning(warning)
+
+    register_error_handlers(app)
+    db.init_app(app)
+    init_token_policy(jwt, app)
+    register_blueprints(app, settings)
+    app.add_url_rule("/openapi.json", "openapi", lambda: json_response(_openapi(app)))
+    register_cli(app)
+    return app
+
+
+def _openapi(app: Flask) -> dict:
+    document = app.extensions.get("taskgate.openapi")
+    if document is None:
+        document = app.extensions["taskgate.openapi"] = build_openapi(app)
+    return document
+
+
+def load_blueprint(import_string: str) -> Blueprint:
+    """`package.module:attribute`, or `package.module` exposing `bp`."""
+    module_name, _, attribute = import_string.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"BLUEPRINTS: cannot import {module_name!r} ({error})") from None
+    blueprint = getattr(module, attribute or "bp", None)
+    if not isinstance(blueprint, Blueprint):
+        raise ConfigError(f"BLUEPRINTS: {import_string!r} is not a flask.Blueprint")
+    return blueprint
+
+
+def register_blueprints(app: Flask, settings: Settings) -> None:
+    for import_string in settings.blueprints:
+        app.register_blueprint(load_blueprint(import_string))
+    logging.getLogger(__name__).debug("blueprints: %s", ", ".join(app.blueprints))

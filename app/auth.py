@@ -1,0 +1,223 @@
+"""Token policy (DESIGN §2): the one place that decides whether a bearer token is accepted.
+
+flask-jwt-extended reads the header and verifies the signature; the hooks registered here
+choose the key (algorithms come from configuration, never from the token), check claim
+types, lifetime and revocation. Routes call `authenticate()` through `app.api.endpoint`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from flask import Flask, current_app, g
+from flask_jwt_extended import JWTManager, verify_jwt_in_request
+from flask_jwt_extended.exceptions import NoAuthorizationError, RevokedTokenError
+from jwt.exceptions import ExpiredSignatureError
+
+from app.config import SYMMETRIC_ALGORITHMS, Settings
+from app.errors import ApiError, Forbidden, Unauthorized
+
+MAX_ID_LENGTH = 255
+# Header parameters we refuse outright: critical extensions we do not implement,
+# unencoded payloads (RFC 7797), and anything JWE-shaped.
+FORBIDDEN_HEADERS = frozenset({"crit", "b64", "zip", "enc"})
+# Keys flask-jwt-extended adds to the claims when a token lacks them.
+JWT_EXTENDED_DEFAULTS = {"type": "access", "fresh": False, "jti": None}
+
+
+class TokenRejected(Unauthorized):
+    def __init__(self, detail: str, code: str = "invalid_token") -> None:
+        super().__init__(code, detail)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller, as established by a verified token."""
+
+    user_id: str
+    email: str | None
+    name: str | None
+    role: str | None
+    is_admin: bool
+    jti: str | None
+    sid: str | None
+    iat: float
+    exp: float
+    claims: dict[str, Any]
+
+    @property
+    def token_digest(self) -> str:
+        return token_digest(self.claims)
+
+
+def token_digest(claims: dict[str, Any]) -> str:
+    """Identifies a token by its claims alone: a re-encoded (padding, whitespace, key order)
+    or re-signed copy of the same claims has the same digest, so it cannot escape a logout."""
+    canonical = {k: v for k, v in claims.items() if JWT_EXTENDED_DEFAULTS.get(k, k) != v}
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _settings() -> Settings:
+    return current_app.extensions["taskgate.settings"]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_identifier(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and value.isprintable()
+    )
+
+
+def check_claims(claims: dict[str, Any], settings: Settings, now: float | None = None) -> None:
+    """The claim checks PyJWT leaves to us: presence, types and the maximum age."""
+    now = time.time() if now is None else now
+    for name in ("exp", "iat"):
+        if name not in claims:
+            raise TokenRejected(f"The token has no '{name}' claim.")
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and not _is_number(claims[name]):
+            raise TokenRejected(f"The token's '{name}' claim must be a number.")
+    for name in {"sub", settings.user_claim}:
+        if not _is_identifier(claims.get(name)):
+            raise TokenRejected(f"The token's '{name}' claim must be a non-empty string.")
+    for name in ("jti", "sid"):
+        if claims.get(name) is not None and not _is_identifier(claims[name]):
+            raise TokenRejected(f"The token's '{name}' claim must be a non-empty string.")
+    if claims["iat"] > now + settings.leeway_seconds:
+        raise TokenRejected("The token was issued in the future.")
+    if now - claims["iat"] > settings.max_age_seconds:
+        raise TokenRejected("The token is older than this API accepts.", "token_expired")
+
+
+def _role_names(role: Any) -> list[str]:
+    if isinstance(role, str):
+        return [part.strip() for part in role.split(",")]
+    if isinstance(role, list):
+        return [part.strip() for part in role if isinstance(part, str)]
+    return []
+
+
+def principal_from_claims(claims: dict[str, Any], settings: Settings) -> Principal:
+    user_id = claims[settings.user_claim]
+    role = claims.get("role")
+    return Principal(
+        user_id=user_id,
+        email=claims["email"] if isinstance(claims.get("email"), str) else None,
+        name=claims["name"] if isinstance(claims.get("name"), str) else None,
+        role=role if isinstance(role, str) else (",".join(_role_names(role)) or None),
+        is_admin="admin" in _role_names(role) or user_id in settings.admin_user_ids,
+        jti=claims.get("jti"),
+        sid=claims.get("sid"),
+        iat=claims["iat"],
+        exp=claims["exp"],
+        claims=claims,
+    )
+
+
+# --- flask-jwt-extended hooks -------------------------------------------------------
+
+
+def _decode_key(header: dict[str, Any], claims: dict[str, Any]) -> Any:
+    # Runs before PyJWT verifies the token. Checking the claims here only ever rejects
+    # (acceptance still needs the signature over these same bytes), and it must come
+    # first: PyJWT would read `"exp": true` as 1 and `"exp": "9"` as 9.
+    settings = _settings()
+    check_claims(claims, settings)
+    alg = header.get("alg")
+    if alg not in settings.algorithms:
+        raise TokenRejected("The token's algorithm is not accepted.")
+    if FORBIDDEN_HEADERS & header.keys():
+        raise TokenRejected("The token uses header parameters this API does not accept.")
+    if alg in SYMMETRIC_ALGORITHMS:
+        return settings.secret
+    keys = current_app.extensions.get("taskgate.jwks")
+    if keys is None:
+        raise TokenRejected("The token's algorithm is not accepted.")
+    return keys.key_for(header)
+
+
+def _is_revoked(_header: dict[str, Any], claims: dict[str, Any]) -> bool:
+    principal = principal_from_claims(claims, _settings())
+    g.principal = principal
+    store = current_app.extensions.get("taskgate.revocations")
+    return store is not None and store.is_revoked(principal)
+
+
+def _problem_loader(code: str, detail: str):
+    from app.errors import api_error_response
+
+    def loader(*_args: Any) -> Any:
+        return api_error_response(Unauthorized(code, detail))
+
+    return loader
+
+
+def init_token_policy(jwt: JWTManager, app: Flask) -> None:
+    settings: Settings = app.extensions["taskgate.settings"]
+    app.config.update(
+        JWT_TOKEN_LOCATION=["headers"],
+        JWT_HEADER_NAME="Authorization",
+        JWT_HEADER_TYPE="Bearer",
+        JWT_SECRET_KEY=settings.secret,
+        JWT_ALGORITHM="HS256",
+        JWT_DECODE_ALGORITHMS=list(settings.algorithms),
+        JWT_DECODE_LEEWAY=settings.leeway_seconds,
+        JWT_DECODE_ISSUER=settings.issuer,
+        JWT_DECODE_AUDIENCE=settings.audience,
+        JWT_IDENTITY_CLAIM=settings.user_claim,
+        JWT_VERIFY_SUB=True,
+    )
+    jwt.init_app(app)
+    jwt.decode_key_loader(_decode_key)
+    jwt.token_in_blocklist_loader(_is_revoked)
+    # Routes go through authenticate(); these keep @jwt_required (should anyone use it)
+    # on the same problem+json contract instead of the library's 422 defaults.
+    jwt.unauthorized_loader(_problem_loader("missing_token", "No bearer token was sent."))
+    jwt.invalid_token_loader(_problem_loader("invalid_token", "The token is not valid."))
+    jwt.expired_token_loader(_problem_loader("token_expired", "The token has expired."))
+    jwt.revoked_token_loader(_problem_loader("token_revoked", "The token has been revoked."))
+    jwt.needs_fresh_token_loader(_problem_loader("invalid_token", "The token is not valid."))
+    jwt.token_verification_failed_loader(_problem_loader("invalid_token", "The token is not valid."))
+    jwt.user_lookup_error_loader(_problem_loader("invalid_token", "The token is not valid."))
+
+
+# --- what routes use ----------------------------------------------------------------
+
+
+def authenticate() -> Principal:
+    """Verify the request's bearer token or raise a 401/503 ApiError."""
+    try:
+        verify_jwt_in_request()
+    except ApiError:
+        raise
+    except NoAuthorizationError:
+        raise Unauthorized("missing_token", "No bearer token was sent.") from None
+    except ExpiredSignatureError:
+        raise Unauthorized("token_expired", "The token has expired.") from None
+    except RevokedTokenError:
+        raise Unauthorized("token_revoked", "The token has been revoked.") from None
+    except Exception:  # noqa: BLE001 - see below: every token failure is a 401
+        # Any failure to read a token (bad base64, nested JSON, huge numbers, bad
+        # UTF-8, a wrong header) is the client's token being invalid, never a 500.
+        raise Unauthorized("invalid_token", "The token is not valid.") from None
+    return g.principal
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise Forbidden("This needs an administrator.")
+
+
+def require_path_user(principal: Principal, path_user_id: str) -> None:
+    if path_user_id != principal.user_id:
+        raise Forbidden("The user in the path is not the user of the token.")

@@ -1,0 +1,148 @@
+"""One error shape everywhere: RFC 9457 problem+json with a stable `code` (DESIGN §4)."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MIMETYPE = "application/problem+json"
+
+# Werkzeug's HTTP errors a client can trigger, mapped to our codes.
+HTTP_CODES = {
+    400: "bad_request",
+    401: "missing_token",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "service_unavailable",
+}
+DETAILS = {
+    "not_found": "The requested resource was not found.",
+    "method_not_allowed": "This method is not allowed on this resource.",
+    "payload_too_large": "The request body is larger than this API accepts.",
+    "unsupported_media_type": "The request body must be JSON (Content-Type: application/json).",
+    "bad_request": "The request could not be understood.",
+    "internal_error": "An unexpected error occurred; it has been logged.",
+    "service_unavailable": "A backing service is unavailable; try again shortly.",
+}
+WWW_AUTHENTICATE = {
+    "missing_token": 'Bearer realm="taskgate"',
+    "invalid_token": 'Bearer realm="taskgate", error="invalid_token"',
+    "token_expired": 'Bearer realm="taskgate", error="invalid_token", error_description="expired"',
+    "token_revoked": 'Bearer realm="taskgate", error="invalid_token", error_description="revoked"',
+}
+
+
+class ApiError(Exception):
+    """An error the API reports to its client as problem+json."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail or code)
+        self.status = status
+        self.code = code
+        self.detail = detail or DETAILS.get(code) or HTTPStatus(status).phrase
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+class Unauthorized(ApiError):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(401, code, detail, headers={"WWW-Authenticate": WWW_AUTHENTICATE[code]})
+
+
+class Forbidden(ApiError):
+    def __init__(self, detail: str = "You are not allowed to do this.") -> None:
+        super().__init__(403, "forbidden", detail)
+
+
+class NotFound(ApiError):
+    def __init__(self, detail: str = "The requested resource was not found.") -> None:
+        super().__init__(404, "not_found", detail)
+
+
+class ServiceUnavailable(ApiError):
+    def __init__(self, detail: str = DETAILS["service_unavailable"]) -> None:
+        super().__init__(503, "service_unavailable", detail, headers={"Retry-After": "1"})
+
+
+class ValidationFailed(ApiError):
+    def __init__(self, detail: str, errors: list[dict[str, str]]) -> None:
+        super().__init__(422, "validation_error", detail, extra={"errors": errors})
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response:
+    body = {
+        "type": f"urn:taskgate:problem:{code}",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        **(extra or {}),
+    }
+    response = Response(orjson.dumps(body), status=status, mimetype=PROBLEM_MIMETYPE)
+    response.headers.update(headers or {})
+    return response
+
+
+def api_error_response(error: ApiError) -> Response:
+    return problem_response(error.status, error.code, error.detail, error.headers, error.extra)
+
+
+def _http_exception(error: HTTPException) -> Response:
+    status = error.code or 500
+    code = HTTP_CODES.get(status, "internal_error" if status >= 500 else "bad_request")
+    headers = {}
+    if status == 405 and getattr(error, "valid_methods", None):
+        headers["Allow"] = ", ".join(sorted(error.valid_methods))
+    return problem_response(status, code, DETAILS.get(code, HTTPStatus(status).phrase), headers)
+
+
+def _unexpected(error: Exception) -> Response:
+    # Backing-service outages are 503 wherever they surface; anything else is a bug.
+    if is_outage(error):
+        log.warning("backing service unavailable: %s", type(error).__name__)
+        return api_error_response(ServiceUnavailable())
+    log.exception("unhandled error")
+    return problem_response(500, "internal_error", DETAILS["internal_error"])
+
+
+def is_outage(error: BaseException) -> bool:
+    """True for errors that mean the database or Redis cannot be reached."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(error, (RedisConnectionError, RedisTimeoutError, OperationalError, PoolTimeout)):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(ApiError, api_error_response)
+    app.register_error_handler(HTTPException, _http_exception)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,8 @@
+"""Extensions, created unbound here and bound to an app in `create_app`."""
+
+from flask_jwt_extended import JWTManager
+
+from app.db import Database
+
+jwt = JWTManager()
+db = Database()

@@ -1,0 +1,129 @@
+"""The OpenAPI 3.1 document, built from the routes' `endpoint` declarations and the
+pydantic models that validate them (JSON Schema 2020-12 is OpenAPI 3.1's schema dialect)."""
+
+from __future__ import annotations
+
+import re
+import typing
+from typing import Any
+
+from flask import Flask
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from app.schemas import Problem
+
+ERROR_DESCRIPTIONS = {
+    401: "Missing, invalid, expired or revoked token",
+    403: "Forbidden",
+    404: "Not found (also another user's task)",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Validation error",
+    429: "Rate limited",
+    503: "A backing service is unavailable",
+}
+RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>[a-z]+):)?(?P<name>\w+)>")
+
+
+def _models_of(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_of(arg)]
+
+
+def _schema_ref(annotation: Any) -> dict[str, Any]:
+    if typing.get_origin(annotation) is list:
+        return {"type": "array", "items": _schema_ref(typing.get_args(annotation)[0])}
+    return {"$ref": f"#/components/schemas/{annotation.__name__}"}
+
+
+def _path_parameters(rule: str) -> tuple[str, list[dict[str, Any]]]:
+    parameters = []
+    for match in RULE_ARGUMENT.finditer(rule):
+        schema = {"type": "integer", "minimum": 0} if match["converter"] == "int" else {"type": "string"}
+        parameters.append({"name": match["name"], "in": "path", "required": True, "schema": schema})
+    return RULE_ARGUMENT.sub(lambda m: "{" + m["name"] + "}", rule), parameters
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in schema.get("required", []),
+            "schema": {k: v for k, v in prop.items() if k != "title"},
+            **({"description": prop["description"]} if "description" in prop else {}),
+        }
+        for name, prop in schema["properties"].items()
+    ]
+
+
+def _operation(spec: Any, path_params: list[dict[str, Any]], operation_id: str) -> dict[str, Any]:
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    responses: dict[str, Any] = {}
+    success: dict[str, Any] = {"description": spec.summary}
+    if spec.response is not None:
+        success["content"] = {"application/json": {"schema": _schema_ref(spec.response)}}
+    if spec.headers:
+        success["headers"] = {name: {"description": text, "schema": {"type": "string"}}
+                              for name, text in spec.headers.items()}
+    responses[str(spec.status)] = success
+    errors = set(spec.errors) | {503}
+    if spec.auth:
+        errors |= {401, 429}
+    if spec.auth == "admin":
+        errors.add(403)
+    if spec.body or spec.query:
+        errors.add(422)
+    if spec.body:
+        errors |= {413, 415}
+    for status in sorted(errors):
+        responses[str(status)] = {"description": ERROR_DESCRIPTIONS[status], "content": problem}
+    operation: dict[str, Any] = {
+        "operationId": operation_id,
+        "summary": spec.summary,
+        "tags": [spec.tag],
+        "parameters": path_params + (_query_parameters(spec.query) if spec.query else []),
+        "responses": responses,
+    }
+    if spec.body:
+        operation["requestBody"] = {
+            "required": spec.body_required,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}}},
+        }
+    operation["security"] = [{"bearerAuth": []}] if spec.auth else []
+    return operation
+
+
+def build_openapi(app: Flask) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    models: set[type[BaseModel]] = {Problem}
+    for rule in app.url_map.iter_rules():
+        spec = getattr(app.view_functions.get(rule.endpoint), "endpoint_spec", None)
+        if spec is None:
+            continue
+        path, path_params = _path_parameters(rule.rule)
+        # One view may serve two rules (the task routes' two forms): ids must stay unique.
+        operation_id = rule.endpoint.replace(".", "_") + ("_for_path_user" if "{user_id}/tasks" in path else "")
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            paths.setdefault(path, {})[method.lower()] = _operation(spec, path_params, operation_id)
+        models.update(m for m in (spec.body,) if m)
+        models.update(_models_of(spec.response))
+    modes = [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)]
+    _, definitions = models_json_schema(modes, ref_template="#/components/schemas/{model}")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "taskgate",
+            "version": "1.0.0",
+            "description": "Per-user todo tasks behind Better Auth tokens. "
+            "Errors are RFC 9457 problem+json with a stable `code`.",
+        },
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": definitions.get("$defs", {}),
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+    }

@@ -1,0 +1,105 @@
+"""Task data access, always scoped to one owner.
+
+`OwnedTasks(session, owner_id)` is the only way routes reach tasks: every query it runs
+filters on the owner, so another user's task is indistinguishable from a missing one and
+a new route cannot forget the check. Nothing here commits: the route commits once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Select, case, false, func, select, true
+from sqlalchemy.orm import Session
+
+from app.errors import NotFound
+from app.models import Task, utcnow
+from app.schemas import TaskCreate, TaskListQuery, TaskPatch
+
+MAX_TASK_ID = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
+PRIORITY_RANK = case({"low": 0, "medium": 1, "high": 2}, value=Task.priority)
+SORT_COLUMNS = {
+    "created_at": Task.created_at,
+    "updated_at": Task.updated_at,
+    "due_date": Task.due_date,
+    "priority": PRIORITY_RANK,
+    "title": Task.title,
+}
+
+
+def task_to_dict(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "user_id": task.user_id,
+        "title": task.title,
+        "description": task.description,
+        "completed": task.completed,
+        "priority": task.priority,
+        "due_date": task.due_date,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+    }
+
+
+class OwnedTasks:
+    def __init__(self, session: Session, owner_id: str) -> None:
+        self.session = session
+        self.owner_id = owner_id
+
+    def _owned(self) -> Select[tuple[Task]]:
+        return select(Task).where(Task.user_id == self.owner_id)
+
+    def get(self, task_id: int) -> Task:
+        task = None
+        if 0 < task_id <= MAX_TASK_ID:
+            task = self.session.scalars(self._owned().where(Task.id == task_id)).first()
+        if task is None:
+            raise NotFound("No task with this id.")
+        return task
+
+    def list(self, query: TaskListQuery) -> tuple[list[Task], int]:
+        statement = self._owned()
+        if query.status != "all":
+            statement = statement.where(Task.completed == (true() if query.status == "completed" else false()))
+        if query.priority:
+            statement = statement.where(Task.priority == query.priority)
+        if query.q:
+            statement = statement.where(
+                Task.title.icontains(query.q, autoescape=True)
+                | Task.description.icontains(query.q, autoescape=True)
+            )
+        total = self.session.scalar(select(func.count()).select_from(statement.subquery())) or 0
+        column = SORT_COLUMNS[query.sort]
+        direction = (lambda c: c.desc()) if query.order == "desc" else (lambda c: c.asc())
+        ordering = [direction(column), direction(Task.id)]
+        if query.sort == "due_date":  # tasks without a due date come last either way
+            ordering.insert(0, Task.due_date.is_(None))
+        statement = statement.order_by(*ordering).limit(query.limit).offset(query.offset)
+        return list(self.session.scalars(statement)), total
+
+    def create(self, data: TaskCreate) -> Task:
+        task = Task(user_id=self.owner_id, **data.model_dump())
+        self.session.add(task)
+        self.session.flush()
+        return task
+
+    def replace(self, task_id: int, data: TaskCreate) -> Task:
+        return self._apply(self.get(task_id), data.model_dump())
+
+    def patch(self, task_id: int, data: TaskPatch) -> Task:
+        return self._apply(self.get(task_id), data.model_dump(include=data.model_fields_set))
+
+    def toggle(self, task_id: int) -> Task:
+        task = self.get(task_id)
+        return self._apply(task, {"completed": not task.completed})
+
+    def delete(self, task_id: int) -> None:
+        self.session.delete(self.get(task_id))
+        self.session.flush()
+
+    def _apply(self, task: Task, changes: dict[str, Any]) -> Task:
+        for name, value in changes.items():
+            setattr(task, name, value)
+        task.updated_at = utcnow()
+        self.session.flush()
+        return task

@@ -1,0 +1,1 @@
+"""HTTP surfaces, one package each; the factory registers those listed in BLUEPRINTS."""

@@ -1,0 +1,42 @@
+"""Liveness and readiness for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app
+
+from app.api import endpoint, json_response
+from app.extensions import db
+from app.schemas import Status
+
+bp = Blueprint("health", __name__)
+log = logging.getLogger(__name__)
+
+
+@bp.get("/healthz")
+@endpoint(summary="Liveness: 200 while the process runs", tag="health", auth=None, response=Status)
+def healthz():
+    return json_response({"status": "ok"})
+
+
+def _check(name: str, probe) -> str:
+    try:
+        probe()
+        return "ok"
+    except Exception as error:  # noqa: BLE001 - any failure means "not ready"; the reason is logged
+        log.warning("readiness check %s failed: %s", name, type(error).__name__)
+        return "unavailable"
+
+
+@bp.get("/readyz")
+@endpoint(summary="Readiness: 200 when the database and Redis answer", tag="health", auth=None,
+          response=Status)
+def readyz():
+    checks = {"database": _check("database", db.ping)}
+    store = current_app.extensions.get("taskgate.revocations")
+    if store is not None:
+        checks["redis"] = _check("redis", store.ping)
+    ready = all(value == "ok" for value in checks.values())
+    body = {"status": "ready" if ready else "unavailable", "checks": checks}
+    return json_response(body, 200 if ready else 503)

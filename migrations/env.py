@@ -1,0 +1,44 @@
+"""Alembic environment: the URL comes from the app's settings (see app/cli.py), or from
+a connection handed in by tests through `config.attributes["connection"]`."""
+
+from alembic import context
+from sqlalchemy import pool
+
+from app.db import build_engine
+from app.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
+                      literal_binds=True, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run(connection) -> None:
+    # render_as_batch lets ALTERs work on SQLite too (it rebuilds the table).
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                      compare_type=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = build_engine(config.get_main_option("sqlalchemy.url"))
+    engine.pool = pool.NullPool(engine.pool._creator)  # migrations need no pool
+    with engine.connect() as connection:
+        _run(connection)
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

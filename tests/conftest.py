@@ -1,0 +1,125 @@
+"""Shared fixtures: an app per test on SQLite (fast) or PostgreSQL (real), and tokens."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jwt as pyjwt
+import pytest
+import sqlalchemy as sa
+from alembic import command
+
+from app import create_app
+from app.cli import alembic_config
+from tests.services import create_postgres_database
+
+SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+TokenFactory = Callable[..., str]
+
+
+def upgrade(url: str) -> None:
+    command.upgrade(alembic_config(url), "head")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One migrated SQLite file per run; each test gets a copy (schema only via Alembic)."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    url, drop = create_postgres_database()
+    upgrade(url)
+    yield url
+    drop()
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """Overridden with `@pytest.mark.parametrize("backend", [...], indirect=True)`."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path) -> str:
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        engine = sa.create_engine(url)
+        with engine.begin() as connection:
+            tables = [t for t in sa.inspect(connection).get_table_names() if t != "alembic_version"]
+            connection.execute(sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY"))
+        engine.dispose()
+        return url
+    path = tmp_path / "taskgate.db"
+    shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module to change the app's configuration."""
+    return {}
+
+
+@pytest.fixture
+def app(database_url: str, settings_overrides: dict[str, Any]):
+    config = {
+        "APP_ENV": "testing",
+        "DATABASE_URL": database_url,
+        "BETTER_AUTH_SECRET": SECRET,
+        "REDIS_URL": "",
+        "BETTER_AUTH_URL": "",
+        "JWKS_URL": "",
+        "JWT_ALGORITHMS": "",
+        "ADMIN_USER_IDS": "",
+        **settings_overrides,
+    }
+    app = create_app(config)
+    yield app
+    app.extensions["taskgate.db"].kw["bind"].dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def encode(claims: dict[str, Any], key: Any = SECRET, algorithm: str = "HS256",
+           headers: dict[str, Any] | None = None) -> str:
+    return pyjwt.encode(claims, key, algorithm=algorithm, headers=headers)
+
+
+@pytest.fixture
+def make_token() -> TokenFactory:
+    """make_token("alice", role="admin", exp=..., drop=("iat",)) -> a signed HS256 token."""
+
+    def factory(user_id: str = "alice", *, drop: tuple[str, ...] = (), key: Any = SECRET,
+                algorithm: str = "HS256", headers: dict[str, Any] | None = None, **claims: Any) -> str:
+        now = int(time.time())
+        payload: dict[str, Any] = {
+            "sub": user_id, "email": f"{user_id}@example.com", "name": user_id.title(),
+            "role": "user", "iat": now, "exp": now + 900, "jti": uuid.uuid4().hex,
+        }
+        payload.update(claims)
+        for name in drop:
+            payload.pop(name, None)
+        return encode(payload, key, algorithm, headers)
+
+    return factory
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def as_user(make_token: TokenFactory) -> Callable[[str], dict[str, str]]:
+    """as_user("alice") -> headers carrying a fresh token for alice."""
+    return lambda user_id, **claims: bearer(make_token(user_id, **claims))

@@ -1,0 +1,75 @@
+"""The factory: configuration from the environment, fail-fast, and pluggable blueprints."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Blueprint
+
+from app import ConfigError, create_app
+from tests.conftest import SECRET
+
+plugin_bp = Blueprint("plugin", __name__)
+
+
+@plugin_bp.get("/plugin/hello")
+def hello():
+    return {"hello": "from a plugin"}
+
+
+def base_config(tmp_path, **extra):
+    return {"APP_ENV": "testing", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+            "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": "", **extra}
+
+
+def test_a_blueprint_is_added_through_configuration_alone(tmp_path):
+    app = create_app(base_config(tmp_path, BLUEPRINTS="blueprints.health:bp,tests.test_factory:plugin_bp"))
+    client = app.test_client()
+    assert client.get("/plugin/hello").get_json() == {"hello": "from a plugin"}
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/api/v1/tasks").status_code == 404  # the tasks blueprint was left out
+
+
+def test_default_blueprints(tmp_path):
+    app = create_app(base_config(tmp_path))
+    assert {"health", "auth", "tasks", "admin"} <= set(app.blueprints)
+
+
+@pytest.mark.parametrize("setting,value,message", [
+    ("BLUEPRINTS", "no.such.module:bp", "cannot import"),
+    ("BLUEPRINTS", "tests.test_factory:base_config", "not a flask.Blueprint"),
+    ("APP_ENV", "staging", "APP_ENV"),
+    ("JWT_ALGORITHMS", "HS256,none", "unsupported"),
+    ("JWT_ALGORITHMS", "RS256", "JWKS_URL"),
+    ("JWT_LEEWAY_SECONDS", "soon", "whole number"),
+    ("CORS_ORIGINS", "*", "CORS_ORIGINS"),
+])
+def test_bad_settings_fail_fast_with_a_clear_message(tmp_path, setting, value, message):
+    with pytest.raises(ConfigError, match=message):
+        create_app(base_config(tmp_path, **{setting: value}))
+
+
+PRODUCTION = {"APP_ENV": "production", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",
+              "REDIS_URL": "redis://127.0.0.1:1/0", "BETTER_AUTH_SECRET": SECRET}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"BETTER_AUTH_SECRET": ""}, "BETTER_AUTH_SECRET is required"),
+    ({"BETTER_AUTH_SECRET": "too-short"}, "shorter than 32 bytes"),
+    ({"DATABASE_URL": ""}, "DATABASE_URL is required"),
+    ({"DATABASE_URL": "sqlite:///x.db"}, "SQLite"),
+    ({"REDIS_URL": ""}, "REDIS_URL is required"),
+    ({"FLASK_DEBUG": "1"}, "debug"),
+])
+def test_production_refuses_unsafe_settings(change, message):
+    with pytest.raises(ConfigError, match=message):
+        create_app({**PRODUCTION, **change})
+
+
+def test_development_generates_and_keeps_a_throwaway_secret(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = {"APP_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+              "BETTER_AUTH_SECRET": "", "REDIS_URL": ""}
+    first = create_app(config).extensions["taskgate.settings"]
+    second = create_app(config).extensions["taskgate.settings"]
+    assert first.secret_generated and len(first.secret) >= 32
+    assert first.secret == second.secret  # `flask run` and `flask token mint` agree
