@@ -17,6 +17,7 @@ from app.errors import register_error_handlers
 from app.extensions import db, jwt
 from app.logs import configure_logging
 from app.openapi import build_openapi
+from app.revocation import init_revocations
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -37,6 +38,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
 
     register_error_handlers(app)
     db.init_app(app)
+    init_revocations(app)
     init_token_policy(jwt, app)
     register_blueprints(app, settings)
     app.add_url_rule("/openapi.json", "openapi", lambda: json_response(_openapi(app)))

@@ -213,6 +213,26 @@ def authenticate() -> Principal:
     return g.principal
 
 
+def decode_for_revocation(token: str) -> dict[str, Any]:
+    """The claims of a token this service would accept (expired or not), for revoking it."""
+    from flask_jwt_extended import decode_token
+
+    from app.errors import ValidationFailed
+
+    try:
+        return decode_token(token.strip(), allow_expired=True)
+    except ApiError as error:
+        if error.status != 401:
+            raise
+        cause: Exception = error
+    except Exception as error:  # noqa: BLE001 - any decoding failure means "not our token"
+        cause = error
+    raise ValidationFailed(
+        "The token is not one this service accepts, so there is nothing to revoke.",
+        [{"field": "token", "message": "not a valid token for this service", "type": "value_error"}],
+    ) from cause
+
+
 def require_admin(principal: Principal) -> None:
     if not principal.is_admin:
         raise Forbidden("This needs an administrator.")

@@ -111,6 +111,54 @@ def token_mint(user_id: str, admin: bool, email: str | None, name: str | None, t
                           issuer=settings.issuer, audience=settings.audience))
 
 
+revoke_cli = AppGroup("revoke", help="Revoke tokens (recorded in the audit log as done by the CLI).")
+REASON = click.option("--reason", default=None, help="Why, for the audit log.")
+
+
+def _revoke(action) -> None:
+    from app.errors import ApiError
+    from app.extensions import db
+    from app.revocation import revocations
+
+    try:
+        record = action(revocations(), db.session)
+        db.session.commit()
+    except ApiError as error:
+        raise click.ClickException(error.detail) from None
+    click.echo(f"revoked {record.kind} {record.target} (until {record.expires_at.isoformat()})")
+
+
+@revoke_cli.command("user")
+@click.argument("user_id")
+@REASON
+def revoke_user(user_id: str, reason: str | None) -> None:
+    """Revoke every token of USER_ID issued up to now."""
+    _revoke(lambda store, session: store.revoke_user(session, user_id, "cli", reason))
+
+
+@revoke_cli.command("session")
+@click.argument("sid")
+@REASON
+def revoke_session(sid: str, reason: str | None) -> None:
+    """Revoke every token carrying the session id SID."""
+    _revoke(lambda store, session: store.revoke_session(session, sid, "cli", reason))
+
+
+@revoke_cli.command("token")
+@click.argument("jti_or_token")
+@REASON
+def revoke_token(jti_or_token: str, reason: str | None) -> None:
+    """Revoke one token, given its jti or the token itself."""
+    from app.auth import decode_for_revocation
+
+    if jti_or_token.count(".") == 2:
+        claims = decode_for_revocation(jti_or_token)
+        _revoke(lambda store, session: store.revoke_token(session, claims, "cli", reason))
+    else:
+        _revoke(lambda store, session: store.revoke_jti(session, jti_or_token, "cli", reason))
+
+
 def register_cli(app: Flask) -> None:
     app.cli.add_command(db_cli)
     app.cli.add_command(token_cli)
+    app.cli.add_command(revoke_cli)

@@ -57,3 +57,25 @@ class Task(Base):
     # Callables, so every row gets its own time (not the time of import).
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Revocation(Base):
+    """The audit log of revocations, and the durable copy of the Redis denylist."""
+
+    __tablename__ = "revocations"
+    __table_args__ = (
+        CheckConstraint("kind IN ('jti', 'token', 'session', 'user')", name="ck_revocations_kind"),
+        Index("ix_revocations_expires_at", "expires_at"),
+        Index("ix_revocations_user_id_created_at", "user_id", "created_at"),
+        Index("ix_revocations_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))  # jti, token (claims digest), session, user
+    target: Mapped[str] = mapped_column(String(255))  # the jti, digest, sid or user id
+    user_id: Mapped[str | None] = mapped_column(String(255))  # whose token(s), when known
+    actor: Mapped[str] = mapped_column(String(300))  # who: "user:<id>", "admin:<id>" or "cli"
+    reason: Mapped[str | None] = mapped_column(String(500))
+    # For kind=user this is also the cutoff: tokens with iat <= created_at are denied.
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)  # no token it denies outlives this

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 Priority = Literal["low", "medium", "high"]
 READ_ONLY_FIELDS = frozenset({"id", "user_id", "created_at", "updated_at"})
@@ -121,6 +121,57 @@ class Me(BaseModel):
 
 class LogoutRequest(StrictBody):
     everywhere: bool = False
+
+
+Reason = Annotated[str | None, StringConstraints(max_length=500), AfterValidator(_no_nul),
+                   Field(description="Why, for the audit log")]
+
+
+class RevokeRequest(StrictBody):
+    reason: Reason = None
+
+
+class RevokeTokenRequest(StrictBody):
+    """Exactly one of `jti` or `token`."""
+
+    jti: Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_no_nul_required)] | None = None
+    token: Annotated[str, StringConstraints(min_length=1, max_length=16384)] | None = None
+    reason: Reason = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RevokeTokenRequest:
+        if (self.jti is None) == (self.token is None):
+            raise ValueError("give exactly one of jti or token")
+        return self
+
+
+class UserRevoked(BaseModel):
+    user_id: str
+    revoked_before: datetime
+
+
+class Revoked(BaseModel):
+    revoked: Literal["jti", "token", "session", "user"]
+    target: str
+
+
+class RevocationRecord(BaseModel):
+    id: int
+    kind: Literal["jti", "token", "session", "user"]
+    target: str
+    user_id: str | None
+    actor: str
+    reason: str | None
+    created_at: datetime
+    expires_at: datetime
+
+
+class RevocationListQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    user_id: Annotated[str, StringConstraints(max_length=255), AfterValidator(_no_nul_required)] | None = None
+    limit: int = Field(default=50, ge=1, le=100)
+    offset: int = Field(default=0, ge=0, le=1_000_000_000)
 
 
 class Status(BaseModel):

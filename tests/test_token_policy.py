@@ -10,7 +10,11 @@ import pytest
 
 from tests.conftest import SECRET, bearer, encode
 
-NOW = int(time.time())
+
+def now() -> int:
+    return int(time.time())
+
+
 HS256_HEADER = b'{"alg":"HS256"}'
 
 
@@ -60,7 +64,7 @@ def test_wrong_signature(client, make_token):
 
 @pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
 def test_alg_none(client, alg):
-    token = unsigned({"alg": alg, "typ": "JWT"}, {"sub": "alice", "iat": NOW, "exp": NOW + 900})
+    token = unsigned({"alg": alg, "typ": "JWT"}, {"sub": "alice", "iat": now(), "exp": now() + 900})
     assert_rejected(client.get("/api/v1/tasks", headers=bearer(token)), "invalid_token")
 
 
@@ -73,36 +77,36 @@ def test_rs256_header_when_only_hs256_is_configured(client):
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    token = encode({"sub": "alice", "iat": NOW, "exp": NOW + 900}, key, "RS256")
+    token = encode({"sub": "alice", "iat": now(), "exp": now() + 900}, key, "RS256")
     assert_rejected(client.get("/api/v1/tasks", headers=bearer(token)), "invalid_token")
 
 
 def test_expired(client, make_token):
-    token = make_token(iat=NOW - 3600, exp=NOW - 120)
+    token = make_token(iat=now() - 3600, exp=now() - 120)
     assert_rejected(client.get("/api/v1/tasks", headers=bearer(token)), "token_expired")
 
 
 def test_expired_within_leeway_is_accepted(client, make_token):
-    token = make_token(iat=NOW - 3600, exp=NOW - 5)
+    token = make_token(iat=now() - 3600, exp=now() - 5)
     assert client.get("/api/v1/tasks", headers=bearer(token)).status_code == 200
 
 
 def test_nbf_in_the_future(client, make_token):
-    assert_rejected(client.get("/api/v1/tasks", headers=bearer(make_token(nbf=NOW + 3600))), "invalid_token")
+    assert_rejected(client.get("/api/v1/tasks", headers=bearer(make_token(nbf=now() + 3600))), "invalid_token")
 
 
 def test_iat_in_the_future_beyond_leeway(client, make_token):
-    token = make_token(iat=NOW + 3600, exp=NOW + 7200)
+    token = make_token(iat=now() + 3600, exp=now() + 7200)
     assert_rejected(client.get("/api/v1/tasks", headers=bearer(token)), "invalid_token")
 
 
 def test_iat_older_than_seven_days_with_a_far_exp(client, make_token):
-    token = make_token(iat=NOW - 7 * 86400 - 60, exp=NOW + 86400)
+    token = make_token(iat=now() - 7 * 86400 - 60, exp=now() + 86400)
     assert_rejected(client.get("/api/v1/tasks", headers=bearer(token)), "token_expired")
 
 
 def test_iat_six_days_old_is_accepted(client, make_token):
-    token = make_token(iat=NOW - 6 * 86400, exp=NOW + 86400)
+    token = make_token(iat=now() - 6 * 86400, exp=now() + 86400)
     assert client.get("/api/v1/tasks", headers=bearer(token)).status_code == 200
 
 
@@ -140,7 +144,7 @@ def test_forbidden_header_parameters(client, make_token, header):
 
 
 def test_deeply_nested_claims_are_a_401_not_a_500(client):
-    payload = b'{"sub":"alice","iat":%d,"exp":%d,"x":' % (NOW, NOW + 900) + b"[" * 100000 + b"]" * 100000 + b"}"
+    payload = b'{"sub":"alice","iat":%d,"exp":%d,"x":' % (now(), now() + 900) + b"[" * 100000 + b"]" * 100000 + b"}"
     token = f"{b64(HS256_HEADER)}.{b64(payload)}.{b64(b'x' * 32)}"
     assert_rejected(client.get("/api/v1/tasks", headers=bearer(token)), "invalid_token")
 
@@ -209,7 +213,7 @@ def test_me_reports_the_token(client, make_token):
     me = client.get("/api/v1/auth/me", headers=bearer(token))
     # a token from the future is rejected; use now-relative times for the real check
     assert me.status_code == 401
-    token = make_token("alice", jti="j-1", sid="s-1", iat=NOW, exp=NOW + 60)
+    token = make_token("alice", jti="j-1", sid="s-1", iat=now(), exp=now() + 60)
     body = client.get("/api/v1/auth/me", headers=bearer(token)).get_json()
     assert body["token"]["jti"] == "j-1" and body["token"]["sid"] == "s-1"
     assert body["email"] == "alice@example.com" and body["role"] == "user" and body["is_admin"] is False

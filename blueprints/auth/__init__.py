@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flask import Blueprint
+from flask import Blueprint, Response
 
 from app.api import endpoint, json_response
 from app.auth import Principal
-from app.schemas import Me
+from app.extensions import db
+from app.revocation import revocations
+from app.schemas import LogoutRequest, Me
 
 bp = Blueprint("auth", __name__)
 
@@ -33,3 +35,16 @@ def me(principal: Principal):
             "exp": _timestamp(principal.exp),
         },
     })
+
+
+@bp.post("/api/v1/auth/logout")
+@endpoint(summary="Revoke this token, or with everywhere=true every token of the caller", tag="auth",
+          body=LogoutRequest, body_required=False, status=204)
+def logout(principal: Principal, body: LogoutRequest):
+    store, actor = revocations(), f"user:{principal.user_id}"
+    if body.everywhere:
+        store.revoke_user(db.session, principal.user_id, actor, "logout everywhere")
+    else:
+        store.revoke_token(db.session, principal.claims, actor, "logout")
+    db.session.commit()
+    return Response(status=204)

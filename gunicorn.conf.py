@@ -1,0 +1,187 @@
+"""Gunicorn configuration for taskgate.
+
+Run with:  gunicorn -c gunicorn.conf.py wsgi:app
+
+This file never imports the application. Every setting can be overridden by an
+environment variable (GUNICORN_CMD_ARGS, if set, is applied by gunicorn after
+this file and wins over everything here):
+
+  PORT                          port to bind on 0.0.0.0              (8000)
+  GUNICORN_BIND                 full bind address(es), comma-separated;
+                                replaces 0.0.0.0:$PORT when set
+  GUNICORN_WORKER_CLASS         worker class                         (gthread)
+  GUNICORN_WORKERS              worker processes     (CPUs available, at least 2)
+  GUNICORN_THREADS              threads per worker                   (8)
+  GUNICORN_WORKER_CONNECTIONS   max open connections per worker      (2000)
+  GUNICORN_KEEPALIVE            keep-alive idle timeout, seconds     (5)
+  GUNICORN_TIMEOUT              worker silent timeout, seconds       (30)
+  GUNICORN_GRACEFUL_TIMEOUT     graceful shutdown/restart, seconds   (25)
+  GUNICORN_MAX_REQUESTS         recycle a worker after N requests    (10000; 0 = never)
+  GUNICORN_MAX_REQUESTS_JITTER  random extra requests before recycle (1000)
+  GUNICORN_BACKLOG              listen(2) backlog                    (2048)
+  GUNICORN_ACCESS_LOG           access log target, "-" = stdout      ("" = off)
+  GUNICORN_ERROR_LOG            error log target, "-" = stderr       (-)
+  GUNICORN_LOG_LEVEL            gunicorn log level       (LOG_LEVEL, else info)
+  GUNICORN_WORKER_TMP_DIR       heartbeat file dir        (/dev/shm if present)
+  GUNICORN_CONTROL_SOCKET       path of gunicorn's control socket for
+                                `gunicornc`                          ("" = off)
+  GUNICORN_NOFILE               open-file soft limit raised to at start
+                                (worker_connections + 1024, capped by the
+                                hard limit)
+  FORWARDED_ALLOW_IPS           proxies whose X-Forwarded-* headers are trusted
+                                (127.0.0.1; "*" trusts everyone)
+  PROXY_ALLOW_IPS               proxies allowed to send the PROXY protocol
+                                header (only used with --proxy-protocol;
+                                defaults to FORWARDED_ALLOW_IPS)
+"""
+
+import math
+import os
+import resource
+
+
+def _env_str(name, default):
+    value = os.environ.get(name)
+    return default if value is None else value.strip()
+
+
+def _env_int(name, default, minimum=0):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _cpus_available():
+    """CPUs this process may use: CPU affinity, capped by a cgroup CPU quota.
+
+    os.cpu_count() alone reports every CPU of the host, which inside a
+    container limited with --cpus / a Kubernetes CPU limit would start far too
+    many workers (each with its own DB pool).
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = None
+    try:  # cgroup v2
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as fh:
+            q, period = fh.read().split()[:2]
+        if q != "max":
+            quota = int(q) / int(period)
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", encoding="ascii") as fh:
+                q = int(fh.read())
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us", encoding="ascii") as fh:
+                period = int(fh.read())
+            if q > 0 and period > 0:
+                quota = q / period
+        except (OSError, ValueError):
+            pass
+    if quota:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
+# --- Socket -----------------------------------------------------------------
+_port = _env_int("PORT", 8000, minimum=1)
+bind = [b.strip() for b in _env_str("GUNICORN_BIND", f"0.0.0.0:{_port}").split(",") if b.strip()]
+backlog = _env_int("GUNICORN_BACKLOG", 2048, minimum=1)
+
+# --- Workers ----------------------------------------------------------------
+# gthread: each worker runs `threads` request threads plus a poller that holds
+# idle keep-alive connections, so concurrent *connections* are bounded by
+# worker_connections, not by threads. A gthread worker that reaches
+# worker_connections stops taking on connections (and its idle keep-alive
+# sockets are no longer serviced), and nothing guarantees the kernel spreads
+# connections evenly between workers, so one worker alone must be able to hold
+# the 1000 concurrent connections the service has to sustain: hence 2000.
+worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread") or "gthread"
+workers = _env_int("GUNICORN_WORKERS", max(2, _cpus_available()), minimum=1)
+threads = _env_int("GUNICORN_THREADS", 8, minimum=1)
+worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 2000, minimum=1)
+
+keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
+timeout = _env_int("GUNICORN_TIMEOUT", 30)
+graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 25)
+
+# Recycle workers now and then to bound slow memory growth; the jitter keeps
+# all workers from restarting at the same moment.
+max_requests = _env_int("GUNICORN_MAX_REQUESTS", 10000)
+max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 1000)
+
+# Not preloaded: every worker imports the app and opens its own database and
+# Redis connections after fork(). Sockets/pools created in the master and
+# inherited by forked workers would be shared between processes and corrupt
+# each other's protocol state. It also lets `kill -HUP` reload new code.
+preload_app = False
+
+# Worker heartbeat files: on tmpfs so a slow/overlay disk can't stall workers
+# into being killed by `timeout`.
+_tmp_dir = _env_str("GUNICORN_WORKER_TMP_DIR", "")
+if _tmp_dir:
+    worker_tmp_dir = _tmp_dir
+elif os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
+
+# gunicorn >= 25.1 opens a control socket (for `gunicornc`) under $HOME by
+# default; the container user has no writable home, so it is off unless a
+# path is given.
+_control_socket = _env_str("GUNICORN_CONTROL_SOCKET", "")
+if _control_socket:
+    control_socket = _control_socket
+else:
+    control_socket_disable = True
+
+# --- Logging ----------------------------------------------------------------
+# Off by default: the application writes its own structured access log (one
+# JSON line per request, with request id and user), so gunicorn's line would
+# duplicate it. Set GUNICORN_ACCESS_LOG=- to get gunicorn's log on stdout.
+accesslog = _env_str("GUNICORN_ACCESS_LOG", "") or None
+errorlog = _env_str("GUNICORN_ERROR_LOG", "-") or "-"
+loglevel = (_env_str("GUNICORN_LOG_LEVEL", "") or _env_str("LOG_LEVEL", "") or "info").lower()
+
+# --- Proxies ----------------------------------------------------------------
+# Only trust X-Forwarded-For/-Proto from these addresses. Behind a reverse
+# proxy or load balancer on another host/container, set FORWARDED_ALLOW_IPS to
+# its address(es). secure_scheme_headers keeps gunicorn's default
+# (X-Forwarded-Proto: https, X-Forwarded-Ssl: on, X-Forwarded-Protocol: ssl).
+forwarded_allow_ips = _env_str("FORWARDED_ALLOW_IPS", "127.0.0.1") or "127.0.0.1"
+proxy_allow_ips = _env_str("PROXY_ALLOW_IPS", "") or forwarded_allow_ips
+
+
+# --- Hooks ------------------------------------------------------------------
+def on_starting(server):
+    """Raise the open-file soft limit so worker_connections can be reached.
+
+    Many container runtimes start processes with a soft RLIMIT_NOFILE of 1024,
+    which a worker holding up to 2000 connections would hit (EMFILE). Raised
+    in the master, before fork, so every worker inherits it.
+    """
+    cfg = server.cfg
+    # Per process: a worker's client sockets plus headroom for DB/Redis
+    # sockets, log files and imports.
+    wanted = _env_int("GUNICORN_NOFILE", cfg.worker_connections + 1024, minimum=1)
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            server.log.warning(
+                "open-file limit %s is below the %s needed for %s worker "
+                "connections; raise the container's nofile ulimit",
+                soft,
+                wanted,
+                cfg.worker_connections,
+            )
+    except (OSError, ValueError) as exc:
+        server.log.warning("could not raise the open-file limit: %s", exc)

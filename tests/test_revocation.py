@@ -1,0 +1,213 @@
+"""DESIGN §3 through the HTTP API and the CLI, on the in-process store (fakeredis)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+import sqlalchemy as sa
+from redis.exceptions import ResponseError
+
+from app.revocation import revocations
+from tests.conftest import SECRET, bearer, encode
+
+
+@pytest.fixture
+def store(app):
+    with app.app_context():
+        yield revocations()
+
+
+@pytest.fixture
+def admin(as_user):
+    return as_user("root", role="admin")
+
+
+def status(client, token: str, path: str = "/api/v1/auth/me") -> int | str:
+    response = client.get(path, headers=bearer(token))
+    return 200 if response.status_code == 200 else response.get_json()["code"]
+
+
+def audit_rows(app) -> list[dict]:
+    with app.app_context():
+        from app.extensions import db
+
+        return [dict(r._mapping) for r in db.session.execute(sa.text("SELECT * FROM revocations ORDER BY id"))]
+
+
+def test_logout_revokes_this_token_only(client, make_token):
+    token, other = make_token("alice"), make_token("alice")
+    assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
+    assert status(client, token) == "token_revoked"
+    assert status(client, token, "/api/v1/tasks") == "token_revoked"
+    assert status(client, other) == 200
+
+
+def test_logout_of_a_token_without_jti_catches_re_encoded_and_re_signed_copies(client, make_token):
+    now = int(time.time())
+    claims = {"sub": "alice", "iat": now, "exp": now + 600, "email": "a@example.com", "n": 1}
+    token = encode(claims)
+    assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
+    header, payload, signature = token.split(".")
+    padded = f"{header}.{payload}.{signature}="  # PyJWT accepts "=" padding on the signature
+    reordered = encode(dict(reversed(list(claims.items()))))
+    spaced_payload = base64.urlsafe_b64encode(json.dumps(claims, indent=2).encode()).rstrip(b"=").decode()
+    import hashlib
+    import hmac
+
+    signing_input = f"{header}.{spaced_payload}"
+    resigned = f"{signing_input}.{base64.urlsafe_b64encode(hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()).rstrip(b'=').decode()}"  # noqa: E501
+    for copy in (token, reordered, resigned):
+        assert status(client, copy) == "token_revoked"
+    assert status(client, padded) == "token_revoked"
+    assert status(client, encode({**claims, "exp": now + 601})) == 200  # different claims, different token
+
+
+def test_logout_everywhere_revokes_every_earlier_token(client, make_token):
+    now = int(time.time())
+    old = make_token("alice", iat=now - 100)
+    current = make_token("alice")
+    response = client.post("/api/v1/auth/logout", json={"everywhere": True}, headers=bearer(current))
+    assert response.status_code == 204
+    assert status(client, old) == "token_revoked" and status(client, current) == "token_revoked"
+    assert status(client, make_token("alice", iat=now + 2)) == 200  # minted after the cutoff
+    assert status(client, make_token("bob")) == 200
+
+
+def test_admin_revokes_a_user(client, make_token, admin):
+    now = int(time.time())
+    earlier = make_token("alice", iat=now - 5)
+    response = client.post("/api/v1/admin/users/alice/revoke", json={"reason": "stolen laptop"}, headers=admin)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["user_id"] == "alice" and body["revoked_before"].endswith("Z")
+    assert status(client, earlier) == "token_revoked"
+    assert status(client, make_token("alice", iat=now + 2)) == 200
+
+
+def test_a_later_cutoff_is_never_lowered(client, app, store, make_token):
+    from app.extensions import db
+
+    with app.test_request_context():
+        later = store.open_ended_target("user", "alice", "alice", now=time.time())
+        earlier = store.open_ended_target("user", "alice", "alice", now=time.time() - 1000)
+        store.revoke(db.session, later, "test", None)
+        store.revoke(db.session, earlier, "test", None)
+        db.session.commit()
+        assert float(store.client.get(store.key("user", "alice"))) == pytest.approx(later.cutoff)
+
+
+def test_admin_revokes_a_session(client, make_token, admin):
+    in_session, other_session = make_token("alice", sid="s-1"), make_token("alice", sid="s-2")
+    assert client.post("/api/v1/admin/sessions/s-1/revoke", headers=admin).status_code == 200
+    assert status(client, in_session) == "token_revoked"
+    assert status(client, other_session) == 200
+
+
+def test_admin_revokes_a_token_by_jti_and_by_token(client, make_token, admin):
+    by_jti, by_token = make_token("alice", jti="jti-1"), encode({"sub": "bob", "iat": int(time.time()),
+                                                                  "exp": int(time.time()) + 60})
+    assert client.post("/api/v1/admin/tokens/revoke", json={"jti": "jti-1"}, headers=admin).get_json() == {
+        "revoked": "jti", "target": "jti-1"}
+    assert client.post("/api/v1/admin/tokens/revoke", json={"token": by_token}, headers=admin).status_code == 200
+    assert status(client, by_jti) == "token_revoked" and status(client, by_token) == "token_revoked"
+
+
+@pytest.mark.parametrize("body", [{}, {"jti": "a", "token": "b"}, {"token": "not.a.token"}, {"jti": ""},
+                                  {"jti": 5}, {"token": "x.y.z", "extra": 1}])
+def test_admin_token_revocation_validates_its_body(client, admin, body):
+    response = client.post("/api/v1/admin/tokens/revoke", json=body, headers=admin)
+    assert response.status_code == 422
+    assert response.get_json()["code"] == "validation_error"
+
+
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/api/v1/admin/users/bob/revoke"), ("POST", "/api/v1/admin/sessions/s/revoke"),
+    ("POST", "/api/v1/admin/tokens/revoke"), ("GET", "/api/v1/admin/revocations"),
+])
+def test_admin_routes_are_forbidden_to_users(client, app, as_user, method, path):
+    response = client.open(path, method=method, json={"jti": "x"}, headers=as_user("alice"))
+    assert response.status_code == 403 and response.get_json()["code"] == "forbidden"
+    assert client.open(path, method=method, json={"jti": "x"}).status_code == 401
+    assert audit_rows(app) == []
+
+
+def test_audit_log_is_newest_first_filtered_and_paginated(client, admin, make_token):
+    client.post("/api/v1/admin/users/alice/revoke", json={"reason": "r1"}, headers=admin)
+    client.post("/api/v1/admin/sessions/s-9/revoke", headers=admin)
+    client.post("/api/v1/auth/logout", headers=bearer(make_token("bob")))
+    records = client.get("/api/v1/admin/revocations", headers=admin)
+    assert records.headers["X-Total-Count"] == "3"
+    kinds = [r["kind"] for r in records.get_json()]
+    assert kinds == ["jti", "session", "user"]
+    first = records.get_json()[2]
+    assert first["actor"] == "admin:root" and first["reason"] == "r1" and first["user_id"] == "alice"
+    filtered = client.get("/api/v1/admin/revocations?user_id=bob", headers=admin).get_json()
+    assert [r["actor"] for r in filtered] == ["user:bob"]
+    page = client.get("/api/v1/admin/revocations?limit=1&offset=1", headers=admin).get_json()
+    assert [r["kind"] for r in page] == ["session"]
+
+
+def test_entries_expire_with_the_last_token_they_affect(client, store, make_token, admin):
+    now = int(time.time())
+    token = make_token("alice", jti="short", iat=now, exp=now + 120)
+    client.post("/api/v1/auth/logout", headers=bearer(token))
+    assert 120 <= store.client.ttl(store.key("jti", "short")) <= 120 + 31
+    client.post("/api/v1/admin/users/alice/revoke", headers=admin)
+    assert store.client.ttl(store.key("user", "alice")) >= 604800
+
+
+def test_one_redis_command_per_authenticated_request(client, store, make_token, monkeypatch):
+    token = make_token("alice", sid="s-1")
+    assert status(client, token) == 200  # loads the marker
+    commands = []
+    original = store.client.execute_command
+    monkeypatch.setattr(store.client, "execute_command",
+                        lambda *args, **kw: commands.append(args[0]) or original(*args, **kw))
+    assert status(client, token, "/api/v1/tasks") == 200
+    assert commands == ["MGET"]
+
+
+def test_denylist_is_rebuilt_after_redis_loses_its_data(client, app, store, make_token, admin):
+    now = int(time.time())
+    logged_out, old_session, old_user = make_token("alice"), make_token("carol", sid="s-1"), make_token(
+        "bob", iat=now - 10)
+    client.post("/api/v1/auth/logout", headers=bearer(logged_out))
+    client.post("/api/v1/admin/sessions/s-1/revoke", headers=admin)
+    client.post("/api/v1/admin/users/bob/revoke", headers=admin)
+    store.client.flushall()
+    assert status(client, logged_out) == "token_revoked"
+    assert status(client, old_session) == "token_revoked"
+    assert status(client, old_user) == "token_revoked"
+    assert status(client, make_token("bob", iat=now + 2)) == 200
+    assert store.client.get(store.marker) == "1"
+
+
+def test_a_revocation_redis_refuses_is_an_error_and_leaves_no_record(client, app, store, make_token, monkeypatch):
+    token = make_token("alice")
+    monkeypatch.setattr(store.client, "set", lambda *a, **k: (_ for _ in ()).throw(
+        ResponseError("OOM command not allowed when used memory > 'maxmemory'")))
+    response = client.post("/api/v1/auth/logout", headers=bearer(token))
+    assert response.status_code == 503 and response.get_json()["code"] == "service_unavailable"
+    assert audit_rows(app) == []
+    monkeypatch.undo()
+    assert status(client, token) == 200
+
+
+def test_cli_revocations_are_recorded_as_the_cli(app, client, make_token):
+    runner = app.test_cli_runner()
+    now = int(time.time())
+    user_token, session_token = make_token("alice", iat=now - 5), make_token("bob", sid="cli-s")
+    jti_token, raw_token = make_token("carol", jti="cli-j"), encode({"sub": "dave", "iat": now, "exp": now + 60})
+    for args in (["revoke", "user", "alice", "--reason", "offboarding"], ["revoke", "session", "cli-s"],
+                 ["revoke", "token", "cli-j"], ["revoke", "token", raw_token]):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("revoked ")
+    for token in (user_token, session_token, jti_token, raw_token):
+        assert status(client, token) == "token_revoked"
+    rows = audit_rows(app)
+    assert {r["actor"] for r in rows} == {"cli"} and rows[0]["reason"] == "offboarding"
+    assert runner.invoke(args=["revoke", "token", "a.b.c"]).exit_code != 0
