@@ -14,7 +14,8 @@ from app.auth import init_token_policy
 from app.cli import register_cli
 from app.config import ConfigError, Settings, gather_environment, load_settings
 from app.errors import register_error_handlers
-from app.extensions import db, jwt
+from app.extensions import cors, db, jwt
+from app.jwks import init_jwks
 from app.logs import configure_logging
 from app.openapi import build_openapi
 from app.revocation import init_revocations
@@ -39,7 +40,17 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     register_error_handlers(app)
     db.init_app(app)
     init_revocations(app)
+    init_jwks(app)
     init_token_policy(jwt, app)
+    # Bearer tokens, not cookies: no credentials, so no cookie can ride along cross-origin.
+    cors.init_app(
+        app,
+        origins=list(settings.cors_origins),
+        supports_credentials=False,
+        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=["Location", "X-Total-Count", "X-Request-ID", "Retry-After"],
+        max_age=600,
+    )
     register_blueprints(app, settings)
     app.add_url_rule("/openapi.json", "openapi", lambda: json_response(_openapi(app)))
     register_cli(app)

@@ -40,6 +40,9 @@ class Settings:
     secret_generated: bool
     better_auth_url: str | None
     jwks_url: str | None
+    jwks_timeout_seconds: float
+    jwks_cache_seconds: float
+    jwks_min_refetch_seconds: float
     algorithms: tuple[str, ...]
     issuer: str | None
     audience: str | None
@@ -179,6 +182,11 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
     better_auth_url = (env.get("BETTER_AUTH_URL", "").strip().rstrip("/")) or None
     jwks_default = f"{better_auth_url}/api/auth/jwks" if better_auth_url else None
     jwks_url = _optional(env, "JWKS_URL", jwks_default)
+    if jwks_url and not jwks_url.startswith(("https://", "http://")):
+        raise ConfigError(f"JWKS_URL must be an http(s) URL, got {jwks_url!r}")
+    if jwks_url and production and jwks_url.startswith("http://") and not jwks_url.startswith(
+            ("http://127.0.0.1", "http://localhost", "http://[::1]")):
+        warnings.append("JWKS_URL is plain http: keys could be swapped in transit; use https")
 
     secret = env.get("BETTER_AUTH_SECRET", "") or None
     algorithms = _csv(env.get("JWT_ALGORITHMS"))
@@ -227,6 +235,9 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
         secret_generated=secret_generated,
         better_auth_url=better_auth_url,
         jwks_url=jwks_url,
+        jwks_timeout_seconds=_float(env, "JWKS_TIMEOUT_SECONDS", 2.0),
+        jwks_cache_seconds=_float(env, "JWKS_CACHE_SECONDS", 600.0),
+        jwks_min_refetch_seconds=_float(env, "JWKS_MIN_REFETCH_SECONDS", 10.0),
         algorithms=tuple(algorithms),
         issuer=_optional(env, "JWT_ISSUER", better_auth_url),
         audience=_optional(env, "JWT_AUDIENCE", better_auth_url),

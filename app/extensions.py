@@ -1,8 +1,10 @@
 """Extensions, created unbound here and bound to an app in `create_app`."""
 
+from flask_cors import CORS
 from flask_jwt_extended import JWTManager
 
 from app.db import Database
 
 jwt = JWTManager()
 db = Database()
+cors = CORS()

@@ -1,0 +1,596 @@
+"""Driver for the test-only Better Auth issuer in ``tests/interop/issuer/``.
+
+Starts a REAL Better Auth server (Node, in-memory database) on a loopback
+port and talks to it over HTTP, so tests can obtain genuine Better Auth JWTs
+and the genuine JWKS.  Standard library only: this module is imported by the
+project's pytest suite.
+
+Typical use::
+
+    ok, why = node_available()
+    if not ok:
+        pytest.skip(why)
+    with BetterAuthIssuer(alg="ES256") as issuer:
+        session = issuer.sign_up("alice@example.com")
+        token = issuer.token(session)
+        jwks = issuer.jwks()
+        issuer.make_admin(session.user["id"])
+        kid = issuer.rotate_keys()
+
+Run ``python tests/interop/issuer.py`` for a self-check across algorithms.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import hashlib
+import http.cookiejar
+import json
+import os
+import queue
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # POSIX only; on other platforms installs are simply not serialised.
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+ISSUER_DIR = Path(__file__).resolve().parent / "issuer"
+SERVER_SCRIPT = ISSUER_DIR / "server.mjs"
+LOCK_FILE = ISSUER_DIR / "package-lock.json"
+NODE_MODULES = ISSUER_DIR / "node_modules"
+# Written after a successful `npm ci`; holds the sha256 of package-lock.json.
+INSTALL_MARKER = NODE_MODULES / ".interop-issuer-installed"
+INSTALL_LOCK = ISSUER_DIR / ".install.lock"
+
+ALGORITHMS = ("EdDSA", "ES256", "ES512", "PS256", "RS256")
+MIN_NODE_MAJOR = 20
+DEFAULT_PASSWORD = "correct-horse-battery"
+HTTP_TIMEOUT = 10.0
+
+
+class IssuerError(RuntimeError):
+    """The issuer failed to start, or answered a request with an error."""
+
+    def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+# --------------------------------------------------------------------------
+# Installation
+# --------------------------------------------------------------------------
+
+
+def node_available() -> tuple[bool, str]:
+    """Whether ``node`` (>= 20) and ``npm`` are usable; reason string if not."""
+    node = shutil.which("node")
+    npm = shutil.which("npm")
+    if not node:
+        return False, "node is not on PATH"
+    if not npm:
+        return False, "npm is not on PATH"
+    try:
+        out = subprocess.run(
+            [node, "--version"], capture_output=True, text=True, timeout=15, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"`node --version` failed: {exc}"
+    try:
+        major = int(out.lstrip("v").split(".")[0])
+    except ValueError:
+        return False, f"cannot parse node version {out!r}"
+    if major < MIN_NODE_MAJOR:
+        return False, f"node {out} is too old (need >= {MIN_NODE_MAJOR})"
+    return True, ""
+
+
+def _lock_digest() -> str:
+    return hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()
+
+
+def _installed() -> bool:
+    try:
+        return INSTALL_MARKER.read_text().strip() == _lock_digest()
+    except OSError:
+        return False
+
+
+def ensure_installed(timeout: float = 900.0) -> None:
+    """Run ``npm ci`` in the issuer directory unless already done for this lockfile.
+
+    "Done" means node_modules carries a marker holding the sha256 of the
+    current package-lock.json (so an edited lockfile triggers a reinstall even
+    when mtimes lie, e.g. after a git checkout).  An exclusive file lock makes
+    concurrent callers (pytest-xdist workers, parallel runs) install once.
+    """
+    if _installed():
+        return
+    ok, why = node_available()
+    if not ok:
+        raise IssuerError(f"cannot install the Better Auth issuer: {why}")
+    with open(INSTALL_LOCK, "a+") as lock_fh:
+        if fcntl is not None:
+            fcntl.flock(lock_fh.fileno(), fcntl.LOCK_EX)
+        try:
+            if _installed():  # somebody else installed while we waited
+                return
+            npm = shutil.which("npm") or "npm"
+            try:
+                proc = subprocess.run(
+                    [npm, "ci", "--no-audit", "--no-fund"],
+                    cwd=ISSUER_DIR,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise IssuerError(f"npm ci timed out after {timeout:.0f}s") from exc
+            if proc.returncode != 0:
+                raise IssuerError(
+                    f"npm ci failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+                )
+            INSTALL_MARKER.write_text(_lock_digest() + "\n")
+        finally:
+            if fcntl is not None:
+                fcntl.flock(lock_fh.fileno(), fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------
+# Sessions and HTTP
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """A signed-in Better Auth user: its cookies plus what the server returned."""
+
+    cookies: http.cookiejar.CookieJar
+    user: dict[str, Any]
+    token: str | None = None  # the opaque session token from sign-up/sign-in
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cookie_dict(self) -> dict[str, str]:
+        return {c.name: c.value or "" for c in self.cookies}
+
+    @property
+    def cookie_header(self) -> str:
+        return "; ".join(f"{c.name}={c.value}" for c in self.cookies)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: Any  # http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body.decode("utf-8")) if self.body else None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BetterAuthIssuer:
+    """A running ``node server.mjs`` (real Better Auth) on 127.0.0.1."""
+
+    def __init__(
+        self,
+        alg: str = "EdDSA",
+        define_payload: bool = False,
+        trusted_origins: Iterable[str] = (),
+        secret: str | None = None,
+        *,
+        startup_timeout: float = 30.0,
+        http_timeout: float = HTTP_TIMEOUT,
+        install: bool = True,
+    ) -> None:
+        if alg not in ALGORITHMS:
+            raise ValueError(f"alg must be one of {ALGORITHMS}, not {alg!r}")
+        self.alg = alg
+        self.define_payload = define_payload
+        self.trusted_origins = tuple(o.rstrip("/") for o in trusted_origins)
+        self.secret = secret or secrets.token_urlsafe(48)
+        self.startup_timeout = startup_timeout
+        self.http_timeout = http_timeout
+        self.install = install
+        self.port: int | None = None
+        self._proc: subprocess.Popen[str] | None = None
+        self._stderr_file: Any = None
+        self._stdout_lines: queue.Queue[str | None] = queue.Queue()
+        self._reader: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self) -> BetterAuthIssuer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise IssuerError("issuer not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def jwks_url(self) -> str:
+        return f"{self.url}/api/auth/jwks"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def stderr_text(self) -> str:
+        """Everything the server has logged so far (it logs to stderr only)."""
+        if self._stderr_file is None:
+            return ""
+        try:
+            self._stderr_file.flush()
+            with open(self._stderr_file.name, encoding="utf-8", errors="replace") as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    def start(self) -> BetterAuthIssuer:
+        if self._proc is not None:
+            raise IssuerError("issuer already started")
+        ok, why = node_available()
+        if not ok:
+            raise IssuerError(why)
+        if self.install:
+            ensure_installed()
+        last_error: IssuerError | None = None
+        for _ in range(3):  # retry only if a port race made listen() fail
+            try:
+                self._spawn(_free_port())
+                return self
+            except BaseException as exc:
+                self.stop()  # own process + its log file; nothing else
+                if not isinstance(exc, IssuerError) or "EADDRINUSE" not in str(exc):
+                    raise
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+    def _spawn(self, port: int) -> None:
+        self.port = port
+        env = dict(os.environ)
+        env.pop("TEST", None)
+        env.update(
+            {
+                "PORT": str(port),
+                "BETTER_AUTH_URL": f"http://127.0.0.1:{port}",
+                "BETTER_AUTH_SECRET": self.secret,
+                "JWT_ALG": self.alg,
+                "DEFINE_PAYLOAD": "1" if self.define_payload else "0",
+                "TRUSTED_ORIGINS": ",".join(self.trusted_origins),
+                "NODE_ENV": "development",
+                "BETTER_AUTH_TELEMETRY": "0",
+                "EXIT_ON_STDIN_EOF": "1",  # dies with us if we die
+                "NO_COLOR": "1",
+            }
+        )
+        self._stderr_file = tempfile.NamedTemporaryFile(
+            mode="w+b", prefix="better-auth-issuer-", suffix=".log", delete=False
+        )
+        node = shutil.which("node") or "node"
+        self._proc = subprocess.Popen(
+            [node, str(SERVER_SCRIPT)],
+            cwd=ISSUER_DIR,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr_file,
+            text=True,
+        )
+        self._stdout_lines = queue.Queue()
+        self._reader = threading.Thread(
+            target=self._read_stdout, args=(self._proc, self._stdout_lines), daemon=True
+        )
+        self._reader.start()
+        atexit.register(self.stop)
+
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise IssuerError(
+                    f"Better Auth issuer did not print READY within {self.startup_timeout:.0f}s."
+                    f"\n--- stderr ---\n{self.stderr_text()}"
+                )
+            try:
+                line = self._stdout_lines.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                if self._proc.poll() is not None:
+                    self._raise_exited()
+                continue
+            if line is None:  # stdout closed: the process is exiting
+                try:
+                    self._proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+                self._raise_exited()
+            if line.strip() == f"READY {port}":
+                break
+        # READY is printed from the listen callback, so the port is open; one
+        # cheap health probe confirms the HTTP stack end to end.
+        resp = self._request("GET", "/test/health")
+        if resp.status != 200:
+            raise IssuerError(f"health check failed: {resp.status} {resp.body!r}")
+
+    def _raise_exited(self) -> None:
+        code = self._proc.returncode if self._proc else None
+        raise IssuerError(
+            f"Better Auth issuer exited during startup (exit code {code})."
+            f"\n--- stderr ---\n{self.stderr_text()}"
+        )
+
+    @staticmethod
+    def _read_stdout(proc: subprocess.Popen[str], lines: queue.Queue[str | None]) -> None:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                lines.put(line)
+        except (OSError, ValueError):
+            pass
+        finally:
+            lines.put(None)
+
+    def stop(self) -> None:
+        """Terminate this issuer's own node process (by its Popen handle) only."""
+        try:
+            atexit.unregister(self.stop)
+        except Exception:  # pragma: no cover
+            pass
+        self._cleanup_process()
+        if self._stderr_file is not None:
+            name = self._stderr_file.name
+            try:
+                self._stderr_file.close()
+            finally:
+                try:
+                    os.unlink(name)
+                except OSError:
+                    pass
+            self._stderr_file = None
+
+    def _cleanup_process(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+            self._reader = None
+
+    # -- HTTP --------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        cookies: http.cookiejar.CookieJar | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """One HTTP request; never raises for HTTP error statuses."""
+        data = None
+        hdrs = {"Accept": "application/json"}
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            hdrs["Content-Type"] = "application/json"
+        if method not in ("GET", "HEAD", "OPTIONS"):
+            # Better Auth validates Origin on state-changing requests.
+            hdrs["Origin"] = self.url
+        hdrs.update(headers or {})
+        req = urllib.request.Request(self.url + path, data=data, headers=hdrs, method=method)
+        handlers: list[Any] = []
+        if cookies is not None:
+            handlers.append(urllib.request.HTTPCookieProcessor(cookies))
+        opener = urllib.request.build_opener(*handlers)
+        try:
+            with opener.open(req, timeout=self.http_timeout) as r:
+                return Response(r.status, r.headers, r.read())
+        except urllib.error.HTTPError as err:
+            try:
+                payload = err.read()
+            finally:
+                err.close()
+            return Response(err.code, err.headers, payload)
+        except (urllib.error.URLError, OSError) as err:
+            raise IssuerError(
+                f"{method} {path} failed: {err}\n--- issuer stderr ---\n{self.stderr_text()[-4000:]}"
+            ) from err
+
+    def _expect(self, resp: Response, what: str, ok: tuple[int, ...] = (200,)) -> Any:
+        if resp.status not in ok:
+            text = resp.body.decode("utf-8", "replace")
+            raise IssuerError(f"{what}: HTTP {resp.status}: {text}", resp.status, text)
+        return resp.json()
+
+    def request(self, method: str, path: str, body: Any = None, session: Session | None = None,
+                headers: dict[str, str] | None = None) -> Response:
+        """Raw request to the issuer (path like ``/api/auth/get-session``)."""
+        return self._request(method, path, body,
+                             cookies=session.cookies if session else None, headers=headers)
+
+    # -- Better Auth API ---------------------------------------------------
+
+    def sign_up(self, email: str, password: str = DEFAULT_PASSWORD, name: str = "Test User") -> Session:
+        jar = http.cookiejar.CookieJar()
+        resp = self._request(
+            "POST", "/api/auth/sign-up/email",
+            {"email": email, "password": password, "name": name}, cookies=jar,
+        )
+        data = self._expect(resp, "sign-up")
+        return Session(cookies=jar, user=data["user"], token=data.get("token"), raw=data)
+
+    def sign_in(self, email: str, password: str = DEFAULT_PASSWORD) -> Session:
+        jar = http.cookiejar.CookieJar()
+        resp = self._request(
+            "POST", "/api/auth/sign-in/email", {"email": email, "password": password}, cookies=jar,
+        )
+        data = self._expect(resp, "sign-in")
+        return Session(cookies=jar, user=data["user"], token=data.get("token"), raw=data)
+
+    def token(self, session: Session) -> str:
+        """A fresh JWT for the session, from ``GET /api/auth/token``."""
+        resp = self._request("GET", "/api/auth/token", cookies=session.cookies)
+        return self._expect(resp, "token")["token"]
+
+    def get_session(self, session: Session) -> tuple[dict[str, Any] | None, str | None]:
+        """``GET /api/auth/get-session``: (body, ``set-auth-jwt`` header or None)."""
+        resp = self._request("GET", "/api/auth/get-session", cookies=session.cookies)
+        return self._expect(resp, "get-session"), resp.headers.get("set-auth-jwt")
+
+    def jwks(self) -> dict[str, Any]:
+        return self._expect(self._request("GET", "/api/auth/jwks"), "jwks")
+
+    def make_admin(self, user_id: str) -> dict[str, Any]:
+        """Set the user's role to "admin"; tokens fetched afterwards carry it."""
+        data = self._expect(self._request("POST", "/test/make-admin", {"userId": user_id}), "make-admin")
+        return data["user"]
+
+    def rotate_keys(self) -> str:
+        """Publish a new signing key (returned kid); the old keys stay in the JWKS."""
+        return self._expect(self._request("POST", "/test/rotate-keys", {}), "rotate-keys")["kid"]
+
+
+# --------------------------------------------------------------------------
+# Helpers for tests
+# --------------------------------------------------------------------------
+
+
+def _b64url_decode(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(header, payload) of a compact JWS, WITHOUT verifying the signature."""
+    header_b64, payload_b64, _sig = token.split(".")
+    return json.loads(_b64url_decode(header_b64)), json.loads(_b64url_decode(payload_b64))
+
+
+# --------------------------------------------------------------------------
+# Self-check
+# --------------------------------------------------------------------------
+
+
+def _self_check() -> int:
+    ok, why = node_available()
+    if not ok:
+        print(f"SKIP: {why}")
+        return 0
+    t0 = time.monotonic()
+    ensure_installed()
+    print(f"install check: {time.monotonic() - t0:.1f}s")
+
+    failures: list[str] = []
+
+    def check(cond: bool, msg: str) -> None:
+        if not cond:
+            failures.append(msg)
+            print(f"  FAIL: {msg}")
+
+    for alg in ALGORITHMS:
+        for define_payload in (False, True):
+            label = f"{alg} define_payload={define_payload}"
+            print(f"=== {label}")
+            t0 = time.monotonic()
+            with BetterAuthIssuer(alg=alg, define_payload=define_payload) as issuer:
+                print(f"  started {issuer.url} (pid {issuer.pid}) in {time.monotonic() - t0:.2f}s")
+                email = f"self-check-{alg.lower()}-{int(define_payload)}@example.com"
+                session = issuer.sign_up(email)
+                check(bool(session.user.get("id")), "sign-up returned no user id")
+                print(f"  cookies: {sorted(session.cookie_dict)}")
+                session = issuer.sign_in(email)
+                tok = issuer.token(session)
+                header, payload = decode_unverified(tok)
+                print(f"  header:  {json.dumps(header)}")
+                print(f"  payload: {json.dumps(payload)}")
+                check(header.get("alg") == alg, f"header alg {header.get('alg')} != {alg}")
+                check(payload.get("iss") == issuer.url, "iss != issuer url")
+                check(payload.get("aud") == issuer.url, "aud != issuer url")
+                check(payload.get("sub") == session.user["id"], "sub != user id")
+                if define_payload:
+                    check(isinstance(payload.get("jti"), str), "jti missing")
+                    check(isinstance(payload.get("sid"), str), "sid missing")
+
+                _body, header_jwt = issuer.get_session(session)
+                check(header_jwt is not None, "no set-auth-jwt header on get-session")
+
+                jwks = issuer.jwks()
+                print(f"  jwks:    {json.dumps(jwks)}")
+                kids = [k["kid"] for k in jwks["keys"]]
+                check(header["kid"] in kids, "token kid not in JWKS")
+
+                issuer.make_admin(session.user["id"])
+                _h, admin_payload = decode_unverified(issuer.token(session))
+                check(admin_payload.get("role") == "admin", f"role after make-admin: {admin_payload.get('role')}")
+
+                new_kid = issuer.rotate_keys()
+                tok2 = issuer.token(session)
+                header2, _ = decode_unverified(tok2)
+                kids_after = [k["kid"] for k in issuer.jwks()["keys"]]
+                print(f"  rotated: {header['kid']} -> {header2['kid']}; jwks kids {kids_after}")
+                check(header2["kid"] == new_kid, "post-rotation token not signed with the new key")
+                check(header2["kid"] != header["kid"], "kid did not change on rotation")
+                check(header["kid"] in kids_after and new_kid in kids_after, "old or new kid missing from JWKS")
+            print(f"  done in {time.monotonic() - t0:.2f}s")
+
+    # A trusted origin gets CORS headers (incl. preflight) on /api/auth/*.
+    with BetterAuthIssuer(trusted_origins=["http://127.0.0.1:9"]) as issuer:
+        pre = issuer.request("OPTIONS", "/api/auth/sign-up/email", headers={
+            "Origin": "http://127.0.0.1:9",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        })
+        check(pre.headers.get("access-control-allow-origin") == "http://127.0.0.1:9", "CORS preflight")
+        check(pre.headers.get("access-control-allow-credentials") == "true", "CORS credentials")
+        print(f"=== CORS preflight: {pre.status} {dict(pre.headers)}")
+
+    if failures:
+        print(f"\n{len(failures)} failed")
+        return 1
+    print("\nself-check OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_self_check())

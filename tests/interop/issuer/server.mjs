@@ -1,0 +1,251 @@
+// Test-only Better Auth issuer for the Python interop tests.
+//
+// Runs a REAL Better Auth server (in-memory database) on 127.0.0.1:$PORT so
+// that tests can obtain genuine Better Auth JWTs and verify them against the
+// genuine /api/auth/jwks endpoint. Driven by tests/interop/issuer.py.
+//
+// Configuration (environment only):
+//   PORT                 port to listen on (127.0.0.1 only), required
+//   BETTER_AUTH_URL      base URL, defaults to http://127.0.0.1:$PORT
+//   BETTER_AUTH_SECRET   secret (>= 32 chars recommended), required
+//   JWT_ALG              EdDSA (default, Ed25519) | ES256 | ES512 | PS256 | RS256
+//   DEFINE_PAYLOAD=1     token payload = whole user + jti (random UUID) + sid
+//   TRUSTED_ORIGINS      comma-separated extra origins (trustedOrigins + CORS)
+//
+// Harness-only endpoints (outside /api/auth):
+//   GET  /test/health        200 {"ok":true} once ready
+//   POST /test/make-admin    {"userId": "..."} -> user.role = "admin"
+//   POST /test/rotate-keys   publish a new signing key, keep the old one listed
+//   GET  /test/hs256-token   a Next.js-style route: session -> HS256 token (shared secret)
+//
+// Logs go to stderr; exactly one line "READY <port>" goes to stdout.
+
+import http from "node:http";
+import { randomUUID } from "node:crypto";
+import { betterAuth } from "better-auth";
+import { memoryAdapter } from "better-auth/adapters/memory";
+import { toNodeHandler } from "better-auth/node";
+import { admin, jwt } from "better-auth/plugins";
+import { createJwk } from "better-auth/plugins/jwt";
+import { SignJWT } from "jose";
+
+const log = (...args) => console.error("[issuer]", ...args);
+
+const PORT = Number.parseInt(process.env.PORT ?? "", 10);
+if (!Number.isInteger(PORT) || PORT <= 0 || PORT > 65535) {
+  log("PORT must be set to a valid port number");
+  process.exit(2);
+}
+const BASE_URL = process.env.BETTER_AUTH_URL || `http://127.0.0.1:${PORT}`;
+const SECRET = process.env.BETTER_AUTH_SECRET;
+if (!SECRET) {
+  log("BETTER_AUTH_SECRET must be set");
+  process.exit(2);
+}
+
+const KEY_PAIR_CONFIGS = {
+  EdDSA: { alg: "EdDSA", crv: "Ed25519" },
+  ES256: { alg: "ES256" },
+  ES512: { alg: "ES512" },
+  PS256: { alg: "PS256", modulusLength: 2048 },
+  RS256: { alg: "RS256", modulusLength: 2048 },
+};
+const JWT_ALG = process.env.JWT_ALG || "EdDSA";
+const keyPairConfig = KEY_PAIR_CONFIGS[JWT_ALG];
+if (!keyPairConfig) {
+  log(`unsupported JWT_ALG=${JWT_ALG}; expected one of ${Object.keys(KEY_PAIR_CONFIGS).join(", ")}`);
+  process.exit(2);
+}
+const DEFINE_PAYLOAD = process.env.DEFINE_PAYLOAD === "1";
+const TRUSTED_ORIGINS = (process.env.TRUSTED_ORIGINS || "")
+  .split(",")
+  .map((s) => s.trim().replace(/\/+$/, ""))
+  .filter(Boolean);
+
+// The same options object is handed to the jwt() plugin and to createJwk()
+// on rotation, so rotated keys use the same algorithm / encryption settings.
+const jwtOptions = {
+  jwks: { keyPairConfig },
+  ...(DEFINE_PAYLOAD
+    ? {
+        jwt: {
+          definePayload: ({ user, session }) => ({
+            ...user,
+            jti: randomUUID(),
+            sid: session.id,
+          }),
+        },
+      }
+    : {}),
+};
+
+// In-memory database; every model the configured plugins touch must exist.
+const db = { user: [], session: [], account: [], verification: [], jwks: [] };
+
+const auth = betterAuth({
+  baseURL: BASE_URL,
+  secret: SECRET,
+  database: memoryAdapter(db),
+  trustedOrigins: TRUSTED_ORIGINS,
+  emailAndPassword: { enabled: true, requireEmailVerification: false },
+  rateLimit: { enabled: false },
+  telemetry: { enabled: false },
+  // Keep the real origin/CSRF checks even if NODE_ENV=test or TEST is set in
+  // the environment (Better Auth skips origin checks in "test" mode), and keep
+  // plain (non-__Secure-) cookies because we serve plain http on loopback.
+  advanced: { disableOriginCheck: false, disableCSRFCheck: false, useSecureCookies: false },
+  logger: {
+    log: (level, message, ...args) => log(`${level}:`, message, ...args),
+  },
+  plugins: [jwt(jwtOptions), admin()],
+});
+
+const authHandler = toNodeHandler(auth);
+
+// --- CORS for trusted origins on /api/auth/* -------------------------------
+function applyCors(req, res) {
+  const origin = req.headers.origin;
+  if (!origin || !TRUSTED_ORIGINS.includes(origin)) return false;
+  res.setHeader("Access-Control-Allow-Origin", origin);
+  res.setHeader("Access-Control-Allow-Credentials", "true");
+  res.setHeader("Access-Control-Expose-Headers", "set-auth-jwt, set-auth-token");
+  res.setHeader("Vary", "Origin");
+  return true;
+}
+
+// --- helpers ----------------------------------------------------------------
+function sendJson(res, status, body) {
+  const data = JSON.stringify(body);
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(data),
+  });
+  res.end(data);
+}
+
+function readJson(req, limit = 64 * 1024) {
+  return new Promise((resolve, reject) => {
+    let size = 0;
+    const chunks = [];
+    req.on("data", (c) => {
+      size += c.length;
+      if (size > limit) {
+        reject(new Error("body too large"));
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on("end", () => {
+      const text = Buffer.concat(chunks).toString("utf8");
+      if (!text) return resolve({});
+      try {
+        resolve(JSON.parse(text));
+      } catch (e) {
+        reject(e);
+      }
+    });
+    req.on("error", reject);
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function handleTest(req, res, pathname) {
+  if (pathname === "/test/health" && req.method === "GET") {
+    return sendJson(res, 200, { ok: true, alg: JWT_ALG, definePayload: DEFINE_PAYLOAD });
+  }
+  if (pathname === "/test/make-admin" && req.method === "POST") {
+    const { userId } = await readJson(req);
+    if (typeof userId !== "string" || !userId) return sendJson(res, 400, { error: "userId required" });
+    const ctx = await auth.$context;
+    const user = await ctx.internalAdapter.updateUser(userId, { role: "admin" });
+    if (!user) return sendJson(res, 404, { error: "user not found" });
+    log(`make-admin: ${userId} role=${user.role}`);
+    return sendJson(res, 200, { ok: true, user });
+  }
+  if (pathname === "/test/rotate-keys" && req.method === "POST") {
+    const ctx = await auth.$context;
+    // Make sure a first key exists (it is otherwise created lazily by the
+    // first /token or /jwks call) so that rotation always yields >= 2 keys.
+    const before = await ctx.adapter.findMany({ model: "jwks" });
+    if (before.length === 0) await createJwk({ context: ctx }, jwtOptions);
+    // The plugin signs with the newest (by createdAt) non-expired key of the
+    // configured alg and lists every key (minus long-expired ones) in the
+    // JWKS; so adding a newer key = rotation with the old key kept listed.
+    await sleep(5); // guarantee a strictly later createdAt
+    const created = await createJwk({ context: ctx }, jwtOptions);
+    const keys = await ctx.adapter.findMany({ model: "jwks" });
+    log(`rotate-keys: new kid=${created.id}; ${keys.length} keys listed`);
+    return sendJson(res, 200, { ok: true, kid: created.id, kids: keys.map((k) => k.id) });
+  }
+  if (pathname === "/test/hs256-token" && req.method === "GET") {
+    // What a Next.js route handler does for frontends that mint their own tokens:
+    // read the Better Auth session, sign HS256 with the shared BETTER_AUTH_SECRET.
+    const session = await auth.api.getSession({ headers: new Headers(req.headers) });
+    if (!session) return sendJson(res, 401, { error: "no session" });
+    const { user } = session;
+    const token = await new SignJWT({
+      email: user.email, name: user.name, role: user.role ?? "user", sid: session.session.id, jti: randomUUID(),
+    })
+      .setProtectedHeader({ alg: "HS256" })
+      .setSubject(user.id)
+      .setIssuedAt()
+      .setExpirationTime("15m")
+      .sign(new TextEncoder().encode(process.env.BETTER_AUTH_SECRET));
+    return sendJson(res, 200, { token });
+  }
+  return sendJson(res, 404, { error: "not found" });
+}
+
+const server = http.createServer(async (req, res) => {
+  const started = Date.now();
+  res.on("finish", () => log(`${req.method} ${req.url} -> ${res.statusCode} (${Date.now() - started} ms)`));
+  try {
+    const pathname = new URL(req.url, BASE_URL).pathname;
+    if (pathname.startsWith("/test/")) return await handleTest(req, res, pathname);
+    if (pathname === "/api/auth" || pathname.startsWith("/api/auth/")) {
+      const cors = applyCors(req, res);
+      if (req.method === "OPTIONS") {
+        if (cors) {
+          res.setHeader("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS");
+          res.setHeader(
+            "Access-Control-Allow-Headers",
+            req.headers["access-control-request-headers"] || "content-type, authorization",
+          );
+          res.setHeader("Access-Control-Max-Age", "600");
+        }
+        res.writeHead(204);
+        return res.end();
+      }
+      return await authHandler(req, res);
+    }
+    return sendJson(res, 404, { error: "not found" });
+  } catch (err) {
+    log("handler error:", err?.stack || err);
+    if (!res.headersSent) sendJson(res, 500, { error: String(err?.message || err) });
+    else res.end();
+  }
+});
+
+// Fail fast (and visibly) if Better Auth cannot initialise.
+await auth.$context;
+
+server.listen(PORT, "127.0.0.1", () => {
+  log(`Better Auth issuer listening on ${BASE_URL} (alg=${JWT_ALG}, definePayload=${DEFINE_PAYLOAD}, trustedOrigins=${JSON.stringify(TRUSTED_ORIGINS)})`);
+  process.stdout.write(`READY ${PORT}\n`);
+});
+
+for (const sig of ["SIGTERM", "SIGINT"]) {
+  process.on(sig, () => {
+    log(`${sig} received, shutting down`);
+    server.close(() => process.exit(0));
+    setTimeout(() => process.exit(0), 2000).unref();
+    server.closeAllConnections?.();
+  });
+}
+// Exit when the parent closes our stdin (e.g. the Python driver died).
+if (process.env.EXIT_ON_STDIN_EOF === "1") {
+  process.stdin.on("end", () => process.exit(0));
+  process.stdin.resume();
+}

@@ -1,0 +1,161 @@
+"""JWKS mode: keys chosen by kid from the configured URL only, the key family must match
+the algorithm, rotation works, kid floods don't become fetch floods, outages fail closed."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from tests.conftest import SECRET, bearer, encode
+from tests.jwks_server import JwksServer, SigningKey
+
+ISSUER = "https://auth.example.com"
+
+
+@pytest.fixture
+def jwks():
+    with JwksServer() as server:
+        yield server
+
+
+@pytest.fixture
+def settings_overrides(jwks):
+    return {"JWKS_URL": jwks.url, "BETTER_AUTH_SECRET": "", "JWT_ISSUER": ISSUER, "JWT_AUDIENCE": ISSUER,
+            "JWKS_MIN_REFETCH_SECONDS": "5", "JWKS_TIMEOUT_SECONDS": "1"}
+
+
+def claims(user_id: str = "alice", **extra) -> dict:
+    now = int(time.time())
+    return {"sub": user_id, "id": user_id, "iat": now, "exp": now + 900, "iss": ISSUER, "aud": ISSUER, **extra}
+
+
+def code(client, token: str) -> int | str:
+    response = client.get("/api/v1/auth/me", headers=bearer(token))
+    return 200 if response.status_code == 200 else response.get_json()["code"]
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "ES256", "ES512", "PS256", "RS256"])
+def test_every_better_auth_algorithm_verifies(client, jwks, alg):
+    key = jwks.publish(SigningKey(alg, f"kid-{alg}"))
+    assert code(client, key.sign(claims())) == 200
+
+
+def test_rotation_new_kid_is_fetched_and_old_keys_keep_working(client, jwks):
+    old = jwks.publish(SigningKey("EdDSA", "old"))
+    assert code(client, old.sign(claims())) == 200
+    new = jwks.publish(SigningKey("EdDSA", "new"))
+    assert code(client, new.sign(claims())) == 200
+    assert code(client, old.sign(claims())) == 200
+    assert jwks.hits == 2
+
+
+def test_a_flood_of_unknown_kids_costs_at_most_one_fetch_per_cooldown(client, jwks):
+    key = jwks.publish(SigningKey("ES256", "real"))
+    assert code(client, key.sign(claims())) == 200
+    hits = jwks.hits
+    for _ in range(50):
+        forged = SigningKey("ES256", uuid.uuid4().hex)
+        assert code(client, forged.sign(claims())) == "invalid_token"
+    assert jwks.hits - hits <= 1
+
+
+def test_cached_keys_keep_working_while_the_endpoint_is_down(client, jwks):
+    key = jwks.publish(SigningKey("EdDSA", "k1"))
+    assert code(client, key.sign(claims())) == 200
+    jwks.status = 500
+    jwks.keys = []
+    assert code(client, key.sign(claims())) == 200
+
+
+def test_no_usable_key_at_all_is_a_503_not_a_401(client, jwks):
+    jwks.status = 503
+    response = client.get("/api/v1/auth/me", headers=bearer(SigningKey("EdDSA", "k").sign(claims())))
+    assert response.status_code == 503 and response.get_json()["code"] == "service_unavailable"
+
+
+def test_a_slow_jwks_endpoint_costs_a_bounded_time(client, jwks):
+    jwks.publish(SigningKey("EdDSA", "k"))
+    jwks.delay = 3
+    started = time.monotonic()
+    response = client.get("/api/v1/auth/me", headers=bearer(SigningKey("EdDSA", "k").sign(claims())))
+    assert time.monotonic() - started < 2.5
+    assert response.status_code == 503
+
+
+@pytest.mark.parametrize("header_alg,key_alg", [("ES256", "RS256"), ("RS256", "ES256"), ("ES512", "ES256"),
+                                                ("ES256", "ES512"), ("EdDSA", "ES256"), ("PS256", "EdDSA")])
+def test_the_key_family_must_match_the_algorithm(client, jwks, header_alg, key_alg):
+    published = jwks.publish(SigningKey(key_alg, "k"))
+    signer = SigningKey(header_alg, "k")  # signs with its own key, claims the published kid
+    assert code(client, signer.sign(claims())) == "invalid_token"
+    assert code(client, published.sign(claims())) == 200
+
+
+def test_a_kid_with_another_algorithm_in_the_jwk_is_rejected(client, jwks):
+    key = SigningKey("RS256", "k")
+    jwks.keys.append({**key.public_jwk, "alg": "PS256"})
+    assert code(client, key.sign(claims())) == "invalid_token"
+
+
+def test_symmetric_keys_in_the_jwks_are_never_used(client, jwks):
+    jwks.keys.append({"kty": "oct", "kid": "hmac", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"})
+    token = encode(claims(), b"secret-secret-secret-secret-secret", "HS256", {"kid": "hmac"})
+    assert code(client, token) == "invalid_token"
+
+
+def test_embedded_jwk_jku_and_x5u_headers_are_never_followed(client, jwks):
+    jwks.publish(SigningKey("ES256", "real"))
+    with JwksServer() as attacker:
+        evil = attacker.publish(SigningKey("ES256", "evil"))
+        headers = {"jku": attacker.url, "x5u": attacker.url, "jwk": evil.public_jwk}
+        assert code(client, evil.sign(claims(), headers)) == "invalid_token"
+        assert attacker.hits == 0
+
+
+def test_a_token_without_kid_is_rejected(client, jwks):
+    key = jwks.publish(SigningKey("EdDSA", "k"))
+    import jwt as pyjwt
+
+    token = pyjwt.encode(claims(), key.private, algorithm="EdDSA")
+    assert code(client, token) == "invalid_token"
+
+
+def test_hs256_is_refused_in_jwks_only_mode(client, jwks):
+    jwks.publish(SigningKey("EdDSA", "k"))
+    assert code(client, encode(claims(), SECRET)) == "invalid_token"
+
+
+class TestSecretAndJwksTogether:
+    @pytest.fixture
+    def settings_overrides(self, jwks):
+        return {"JWKS_URL": jwks.url, "BETTER_AUTH_SECRET": SECRET, "JWT_ISSUER": ISSUER, "JWT_AUDIENCE": ISSUER}
+
+    def test_both_kinds_verify(self, client, jwks):
+        key = jwks.publish(SigningKey("ES256", "k"))
+        assert code(client, key.sign(claims())) == 200
+        assert code(client, encode(claims(), SECRET)) == 200
+
+    @pytest.mark.parametrize("encoding", ["pem", "der", "jwk"])
+    def test_hmac_signed_with_the_public_key_is_rejected(self, client, jwks, encoding):
+        key = jwks.publish(SigningKey("RS256", "k"))
+        public = key.private.public_key()
+        material = {
+            "pem": lambda: public.public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo),
+            "der": lambda: public.public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo),
+            "jwk": lambda: str(key.public_jwk).encode(),
+        }[encoding]()
+        import hashlib
+        import hmac
+
+        import jwt as pyjwt
+
+        header = pyjwt.utils.base64url_encode(b'{"alg":"HS256","kid":"k"}').decode()
+        payload = pyjwt.utils.base64url_encode(pyjwt.api_jws.json.dumps(claims()).encode()).decode()
+        signature = pyjwt.utils.base64url_encode(
+            hmac.new(material, f"{header}.{payload}".encode(), hashlib.sha256).digest()).decode()
+        assert code(client, f"{header}.{payload}.{signature}") == "invalid_token"
