@@ -158,7 +158,7 @@ proxy_allow_ips = _env_str("PROXY_ALLOW_IPS", "") or forwarded_allow_ips
 
 
 # --- Hooks ------------------------------------------------------------------
-def on_starting(server):
+def _raise_nofile_limit(server):
     """Raise the open-file soft limit so worker_connections can be reached.
 
     Many container runtimes start processes with a soft RLIMIT_NOFILE of 1024,
@@ -185,3 +185,27 @@ def on_starting(server):
             )
     except (OSError, ValueError) as exc:
         server.log.warning("could not raise the open-file limit: %s", exc)
+
+
+# --- Metrics across workers ----------------------------------------------------
+# prometheus_client's multiprocess mode: every worker writes its metrics to files in
+# PROMETHEUS_MULTIPROC_DIR and /metrics adds them up, so a scrape sees the whole server,
+# whichever worker answers it. Set before any worker imports the app.
+def on_starting(server):
+    _raise_nofile_limit(server)
+    import shutil
+    import tempfile
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        directory = tempfile.mkdtemp(prefix="taskgate-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    else:  # stale files from an earlier run would be added to this one's figures
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

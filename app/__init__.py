@@ -17,7 +17,9 @@ from app.errors import register_error_handlers
 from app.extensions import cors, db, jwt
 from app.jwks import init_jwks
 from app.logs import configure_logging
+from app.observability import init_observability
 from app.openapi import build_openapi
+from app.ratelimit import init_rate_limits
 from app.revocation import init_revocations
 
 __all__ = ["ConfigError", "create_app"]
@@ -37,10 +39,18 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     for warning in settings.warnings:
         app.logger.warning(warning)
 
+    if settings.proxy_hops:
+        # Behind N trusted proxies: client IP and scheme come from X-Forwarded-For/-Proto.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops,
+                                x_host=0, x_port=0, x_prefix=0)
+    init_observability(app)
     register_error_handlers(app)
     db.init_app(app)
     init_revocations(app)
     init_jwks(app)
+    init_rate_limits(app)
     init_token_policy(jwt, app)
     # Bearer tokens, not cookies: no credentials, so no cookie can ride along cross-origin.
     cors.init_app(

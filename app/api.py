@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from app.auth import authenticate, require_admin
 from app.errors import ApiError, ValidationFailed
+from app.ratelimit import rate_limits
 from app.schemas import READ_ONLY_FIELDS
 
 JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
@@ -39,6 +40,7 @@ class EndpointSpec:
     status: int
     errors: tuple[int, ...]
     headers: dict[str, str] = field(default_factory=dict)
+    rate_limited: bool = True  # anonymous endpoints: per-IP limit unless False (health checks)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -106,18 +108,32 @@ def endpoint(
     status: int = 200,
     errors: tuple[int, ...] = (),
     headers: dict[str, str] | None = None,
+    rate_limited: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    spec = EndpointSpec(summary, tag, auth, body, body_required, query, response, status, errors, headers or {})
+    spec = EndpointSpec(summary, tag, auth, body, body_required, query, response, status, errors, headers or {},
+                        rate_limited)
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
         def wrapper(**kwargs: Any) -> Any:
             # Authentication first: an anonymous caller learns nothing from validation.
+            limits = rate_limits()
             if spec.auth is not None:
-                principal = authenticate()
+                if limits is not None:
+                    limits.before_authentication()
+                try:
+                    principal = authenticate()
+                except ApiError as error:
+                    if limits is not None and error.status == 401:
+                        limits.authentication_failed()
+                    raise
+                if limits is not None:
+                    limits.user_request(principal.user_id)
                 if spec.auth == "admin":
                     require_admin(principal)
                 kwargs["principal"] = principal
+            elif limits is not None and spec.rate_limited:
+                limits.anonymous_request()
             if spec.query is not None:
                 kwargs["query"] = parse_query(spec.query)
             if spec.body is not None:

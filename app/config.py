@@ -62,6 +62,7 @@ class Settings:
     rate_limit_user: str
     rate_limit_ip: str
     rate_limit_auth_failures: str
+    proxy_hops: int
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -150,6 +151,15 @@ def _development_secret(instance_path: Path) -> str:
     return value
 
 
+def _check_rate_limit(name: str, value: str) -> None:
+    from limits import parse
+
+    try:
+        parse(value)
+    except ValueError:
+        raise ConfigError(f"{name} must look like '600/minute', got {value!r}") from None
+
+
 def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
     warnings: list[str] = []
     app_env = env.get("APP_ENV", "").strip() or "development"
@@ -216,6 +226,8 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
                 "BETTER_AUTH_SECRET is not set: generated a throwaway development secret "
                 f"in {instance_path / 'dev-secret'}; set BETTER_AUTH_SECRET to share one with your frontend"
             )
+        elif production and "change-me" in secret:
+            raise ConfigError("BETTER_AUTH_SECRET is still the .env.example placeholder")
         elif len(secret.encode()) < MIN_SECRET_BYTES:
             message = f"BETTER_AUTH_SECRET is shorter than {MIN_SECRET_BYTES} bytes"
             if production:
@@ -226,6 +238,10 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
     cors_origins = _csv(env.get("CORS_ORIGINS", cors_default))
     if "*" in cors_origins:
         raise ConfigError("CORS_ORIGINS must list origins; '*' is not allowed")
+
+    for name, default in (("RATE_LIMIT_USER", "600/minute"), ("RATE_LIMIT_IP", "120/minute"),
+                          ("RATE_LIMIT_AUTH_FAILURES", "30/minute")):
+        _check_rate_limit(name, env.get(name, "").strip() or default)
 
     return Settings(
         app_env=app_env,
@@ -257,5 +273,6 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
         rate_limit_user=env.get("RATE_LIMIT_USER", "").strip() or "600/minute",
         rate_limit_ip=env.get("RATE_LIMIT_IP", "").strip() or "120/minute",
         rate_limit_auth_failures=env.get("RATE_LIMIT_AUTH_FAILURES", "").strip() or "30/minute",
+        proxy_hops=_int(env, "PROXY_HOPS", 0),
         warnings=tuple(warnings),
     )

@@ -124,6 +124,9 @@ def _http_exception(error: HTTPException) -> Response:
 def _unexpected(error: Exception) -> Response:
     # Backing-service outages are 503 wherever they surface; anything else is a bug.
     if is_outage(error):
+        from app.observability import BACKEND_ERRORS
+
+        BACKEND_ERRORS.labels("redis" if "redis" in type(error).__module__ else "database").inc()
         log.warning("backing service unavailable: %s", type(error).__name__)
         return api_error_response(ServiceUnavailable())
     log.exception("unhandled error")

@@ -21,6 +21,7 @@ from jwt import PyJWK
 
 from app.config import Settings
 from app.errors import ServiceUnavailable
+from app.observability import BACKEND_ERRORS
 
 log = logging.getLogger(__name__)
 EXTENSION_KEY = "taskgate.jwks"
@@ -90,6 +91,7 @@ class JwksKeySet:
                 self._loaded_at, self._failed_at = time.monotonic(), None
             except Exception as error:  # noqa: BLE001 - keep the cached keys on any failure
                 self._failed_at = time.monotonic()
+                BACKEND_ERRORS.labels("jwks").inc()
                 log.warning("JWKS fetch failed; keeping %d cached keys", len(self._keys),
                             extra={"fields": {"error": type(error).__name__}})
 

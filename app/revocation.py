@@ -37,6 +37,7 @@ from app.auth import token_digest
 from app.config import ConfigError, Settings
 from app.errors import ServiceUnavailable
 from app.models import Revocation
+from app.observability import BACKEND_ERRORS, REVOCATION_CHECKS
 
 log = logging.getLogger(__name__)
 EXTENSION_KEY = "taskgate.revocations"
@@ -116,9 +117,10 @@ class RevocationStore:
         marker, token, cutoff, *session = values
         if marker is None:
             raise ServiceUnavailable("The revocation list is being restored; try again shortly.")
-        if token is not None or any(v is not None for v in session):
-            return True
-        return cutoff is not None and principal.iat <= float(cutoff)
+        revoked = token is not None or any(v is not None for v in session) or (
+            cutoff is not None and principal.iat <= float(cutoff))
+        REVOCATION_CHECKS.labels("revoked" if revoked else "ok").inc()
+        return revoked
 
     # --- writes --------------------------------------------------------------------
 
@@ -203,6 +205,7 @@ class RevocationStore:
         except RedisError as error:
             # Fail closed: no answer from Redis is never a pass.
             log.warning("redis unavailable", extra={"fields": {"error": type(error).__name__}})
+            BACKEND_ERRORS.labels("redis").inc()
             raise ServiceUnavailable("The revocation store is unavailable; try again shortly.") from None
 
     def check_eviction_policy(self) -> None:

@@ -59,6 +59,8 @@ PRODUCTION = {"APP_ENV": "production", "DATABASE_URL": "postgresql+psycopg://u@1
     ({"DATABASE_URL": "sqlite:///x.db"}, "SQLite"),
     ({"REDIS_URL": ""}, "REDIS_URL is required"),
     ({"FLASK_DEBUG": "1"}, "debug"),
+    ({"BETTER_AUTH_SECRET": "change-me-to-at-least-32-random-bytes"}, "placeholder"),
+    ({"JWKS_URL": "file:///etc/passwd", "JWT_ALGORITHMS": "EdDSA"}, "http"),
 ])
 def test_production_refuses_unsafe_settings(change, message):
     with pytest.raises(ConfigError, match=message):

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 @bp.get("/healthz")
-@endpoint(summary="Liveness: 200 while the process runs", tag="health", auth=None, response=Status)
+@endpoint(summary="Liveness: 200 while the process runs", tag="health", auth=None, response=Status,
+          rate_limited=False)
 def healthz():
     return json_response({"status": "ok"})
 
@@ -31,7 +32,7 @@ def _check(name: str, probe) -> str:
 
 @bp.get("/readyz")
 @endpoint(summary="Readiness: 200 when the database and Redis answer", tag="health", auth=None,
-          response=Status)
+          response=Status, rate_limited=False)
 def readyz():
     checks = {"database": _check("database", db.ping)}
     store = current_app.extensions.get("taskgate.revocations")

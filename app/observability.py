@@ -1,0 +1,88 @@
+"""What operators see: a request id, one JSON access-log line per request, Prometheus
+metrics (aggregated across gunicorn workers), and the response headers a JSON API needs.
+
+Metrics are created unregistered; `/metrics` collects them per scrape, from this process
+or, when PROMETHEUS_MULTIPROC_DIR is set (gunicorn.conf.py sets it), from every worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+access_log = logging.getLogger("taskgate.access")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+REQUESTS = Counter("taskgate_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=None)
+LATENCY = Histogram("taskgate_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+                    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=None)
+TOKEN_FAILURES = Counter("taskgate_token_failures_total", "Rejected tokens", ["code"], registry=None)
+REVOCATION_CHECKS = Counter("taskgate_revocation_checks_total", "Revocation checks", ["result"], registry=None)
+BACKEND_ERRORS = Counter("taskgate_backend_errors_total", "Database/Redis/JWKS failures", ["backend"],
+                         registry=None)
+METRICS = (REQUESTS, LATENCY, TOKEN_FAILURES, REVOCATION_CHECKS, BACKEND_ERRORS)
+
+
+def _start() -> None:
+    g.started = time.perf_counter()
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def _finish(response: Response) -> Response:
+    duration = time.perf_counter() - g.get("started", time.perf_counter())
+    route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+    principal = g.get("principal")
+    REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    LATENCY.labels(request.method, route).observe(duration)
+    if response.status_code == 401 and response.mimetype == "application/problem+json":
+        code = (response.get_json(silent=True) or {}).get("code", "unknown")
+        TOKEN_FAILURES.labels(code).inc()
+    request_id = g.get("request_id") or uuid.uuid4().hex
+    response.headers["X-Request-ID"] = request_id
+    _security_headers(response, authenticated=principal is not None)
+    access_log.info("request", extra={"fields": {
+        "method": request.method,
+        "path": route,  # the template, never the raw path (ids) nor the query (no tokens)
+        "status": response.status_code,
+        "duration_ms": round(duration * 1000, 3),
+        "user_id": principal.user_id if principal is not None else None,
+        "request_id": request_id,
+        "remote_addr": request.remote_addr,
+    }})
+    return response
+
+
+def _security_headers(response: Response, authenticated: bool) -> None:
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+    if authenticated or request.headers.get("Authorization") or response.status_code >= 400:
+        headers["Cache-Control"] = "no-store"
+    if request.is_secure:  # behind HTTPS (directly, or a trusted proxy's X-Forwarded-Proto)
+        headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+
+
+def metrics_view() -> Response:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        for metric in METRICS:
+            registry.register(metric)
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def init_observability(app: Flask) -> None:
+    app.before_request(_start)
+    app.after_request(_finish)
+    app.add_url_rule("/metrics", "metrics", metrics_view)

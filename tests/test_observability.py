@@ -1,0 +1,98 @@
+"""Request ids, the JSON access log, metrics, security headers and CORS."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import bearer
+
+
+def access_records(caplog) -> list[dict]:
+    return [r.fields for r in caplog.records if r.name == "taskgate.access"]
+
+
+def test_request_id_is_echoed_or_generated(client):
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    generated = client.get("/healthz").headers["X-Request-ID"]
+    assert len(generated) == 32
+    hostile = client.get("/healthz", headers={"X-Request-ID": "evil\"value with spaces"}).headers["X-Request-ID"]
+    assert hostile != "evil\"value with spaces" and len(hostile) == 32
+
+
+def test_one_access_log_line_per_request_without_the_token(client, make_token, caplog):
+    caplog.set_level(logging.INFO, logger="taskgate.access")
+    token = make_token("alice")
+    client.get("/api/v1/tasks/42?q=secret-query", headers={**bearer(token), "X-Request-ID": "rid-1"})
+    (entry,) = access_records(caplog)
+    assert entry == {"method": "GET", "path": "/api/v1/tasks/<int:task_id>", "status": 404,
+                     "duration_ms": entry["duration_ms"], "user_id": "alice", "request_id": "rid-1",
+                     "remote_addr": "127.0.0.1"}
+    everything = "\n".join(r.getMessage() + str(getattr(r, "fields", "")) for r in caplog.records)
+    assert token not in everything and "secret-query" not in everything
+
+
+def test_json_log_lines_parse(capsys):
+    import json
+
+    from app.logs import JsonFormatter
+
+    record = logging.LogRecord("taskgate.access", logging.INFO, __file__, 1, "request", None, None)
+    record.fields = {"status": 200, "path": "/healthz"}
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "request" and line["status"] == 200 and line["level"] == "info"
+
+
+def test_security_headers(client, as_user):
+    response = client.get("/api/v1/tasks", headers=as_user("alice"))
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "Strict-Transport-Security" not in response.headers  # plain http
+
+
+class TestBehindAProxy:
+    @pytest.fixture
+    def settings_overrides(self):
+        return {"PROXY_HOPS": "1"}
+
+    def test_hsts_and_client_ip_from_the_trusted_proxy(self, client, caplog):
+        caplog.set_level(logging.INFO, logger="taskgate.access")
+        response = client.get("/healthz", headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"})
+        assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+        assert access_records(caplog)[-1]["remote_addr"] == "203.0.113.9"
+
+
+def test_metrics_count_requests_and_token_failures(client, as_user):
+    client.get("/api/v1/tasks", headers=as_user("alice"))
+    client.get("/api/v1/tasks", headers=bearer("garbage"))
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(response.get_data(as_text=True))
+               for s in family.samples}
+    assert samples[("taskgate_http_requests_total",
+                    (("method", "GET"), ("route", "/api/v1/tasks"), ("status", "200")))] >= 1
+    assert samples[("taskgate_token_failures_total", (("code", "invalid_token"),))] >= 1
+    assert samples[("taskgate_revocation_checks_total", (("result", "ok"),))] >= 1
+
+
+class TestCors:
+    @pytest.fixture
+    def settings_overrides(self):
+        return {"CORS_ORIGINS": "https://app.example.com"}
+
+    def test_preflight_from_an_allowed_origin(self, client):
+        response = client.options("/api/v1/tasks", headers={
+            "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert "authorization" in response.headers["Access-Control-Allow-Headers"].lower()
+        assert response.headers["Access-Control-Max-Age"] == "600"
+        assert "Access-Control-Allow-Credentials" not in response.headers
+
+    def test_other_origins_get_no_cors_headers(self, client, as_user):
+        response = client.get("/api/v1/tasks", headers={**as_user("alice"), "Origin": "https://evil.example.com"})
+        assert "Access-Control-Allow-Origin" not in response.headers

@@ -1,0 +1,60 @@
+"""Rate limits: per user, per IP for failed authentications and anonymous calls; 429 with Retry-After."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import bearer
+
+
+@pytest.fixture
+def settings_overrides():
+    return {"RATE_LIMITS_ENABLED": "true", "RATE_LIMIT_USER": "5/minute", "RATE_LIMIT_IP": "3/minute",
+            "RATE_LIMIT_AUTH_FAILURES": "3/minute"}
+
+
+def assert_limited(response) -> None:
+    assert response.status_code == 429
+    assert response.get_json()["code"] == "rate_limited"
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+def test_per_user_limit(client, as_user):
+    for _ in range(5):
+        assert client.get("/api/v1/tasks", headers=as_user("alice")).status_code == 200
+    assert_limited(client.get("/api/v1/tasks", headers=as_user("alice")))
+    assert client.get("/api/v1/tasks", headers=as_user("bob")).status_code == 200
+
+
+def test_failed_authentications_are_limited_per_ip(client, as_user):
+    for _ in range(3):
+        assert client.get("/api/v1/tasks", headers=bearer("garbage")).status_code == 401
+    assert_limited(client.get("/api/v1/tasks", headers=bearer("garbage")))
+    assert_limited(client.get("/api/v1/tasks", headers=as_user("alice")))  # the same IP
+    other_ip = {"REMOTE_ADDR": "10.9.8.7"}
+    assert client.get("/api/v1/tasks", headers=as_user("alice"), environ_base=other_ip).status_code == 200
+
+
+def test_anonymous_calls_are_limited_per_ip_but_health_checks_are_not(client):
+    for _ in range(3):
+        assert client.get("/api/v1/tasks").get_json()["code"] == "missing_token"
+    assert_limited(client.get("/api/v1/auth/me"))
+    for _ in range(10):
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+
+
+def test_rate_limits_are_off_in_tests_by_default(tmp_path):
+    from app import create_app
+
+    app = create_app({"APP_ENV": "testing", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "REDIS_URL": "",
+                      "RATE_LIMITS_ENABLED": None})
+    assert "taskgate.ratelimits" not in app.extensions
+
+
+def test_a_bad_limit_is_a_config_error(tmp_path):
+    from app import ConfigError, create_app
+
+    with pytest.raises(ConfigError, match="RATE_LIMIT_USER"):
+        create_app({"APP_ENV": "testing", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+                    "RATE_LIMIT_USER": "lots"})
