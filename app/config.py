@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ DEFAULT_BLUEPRINTS = (
     "blueprints.admin:bp",
 )
 MIN_SECRET_BYTES = 32
+ORIGIN = re.compile(r"^https?://(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::\d{1,5})?$")
 
 
 class ConfigError(Exception):
@@ -234,10 +236,13 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
                 raise ConfigError(message)
             warnings.append(message + ": a production start would refuse it")
 
-    cors_default = "" if production else "http://localhost:3000"
-    cors_origins = _csv(env.get("CORS_ORIGINS", cors_default))
-    if "*" in cors_origins:
-        raise ConfigError("CORS_ORIGINS must list origins; '*' is not allowed")
+    cors_default = "" if production else "http://localhost:3000,http://127.0.0.1:3000"
+    cors_origins = tuple(origin.rstrip("/").lower() for origin in _csv(env.get("CORS_ORIGINS", cors_default)))
+    for origin in cors_origins:
+        # Exact origins only: flask-cors would read anything with regex characters as a
+        # prefix pattern ("https://*.example.com" would let "https://xexample.com.evil" in).
+        if not ORIGIN.match(origin):
+            raise ConfigError(f"CORS_ORIGINS entries must be exact origins (https://app.example.com), got {origin!r}")
 
     for name, default in (("RATE_LIMIT_USER", "600/minute"), ("RATE_LIMIT_IP", "120/minute"),
                           ("RATE_LIMIT_AUTH_FAILURES", "30/minute")):

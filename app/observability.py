@@ -62,6 +62,7 @@ def _finish(response: Response) -> Response:
 
 def _security_headers(response: Response, authenticated: bool) -> None:
     headers = response.headers
+    response.vary.add("Origin")  # CORS headers depend on it; keep shared caches honest
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "no-referrer")

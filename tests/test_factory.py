@@ -42,6 +42,9 @@ def test_default_blueprints(tmp_path):
     ("JWT_ALGORITHMS", "RS256", "JWKS_URL"),
     ("JWT_LEEWAY_SECONDS", "soon", "whole number"),
     ("CORS_ORIGINS", "*", "CORS_ORIGINS"),
+    ("CORS_ORIGINS", "https://*.example.com", "exact origins"),
+    ("CORS_ORIGINS", "https://app.example.com/path", "exact origins"),
+    ("CORS_ORIGINS", "https://app.example.com,^https://evil", "exact origins"),
 ])
 def test_bad_settings_fail_fast_with_a_clear_message(tmp_path, setting, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -75,3 +78,8 @@ def test_development_generates_and_keeps_a_throwaway_secret(tmp_path, monkeypatc
     second = create_app(config).extensions["taskgate.settings"]
     assert first.secret_generated and len(first.secret) >= 32
     assert first.secret == second.secret  # `flask run` and `flask token mint` agree
+
+
+def test_cors_origins_are_normalised(tmp_path):
+    app = create_app(base_config(tmp_path, CORS_ORIGINS="https://App.Example.com/, http://127.0.0.1:3000"))
+    assert app.extensions["taskgate.settings"].cors_origins == ("https://app.example.com", "http://127.0.0.1:3000")

@@ -93,6 +93,9 @@ class TestCors:
         assert response.headers["Access-Control-Max-Age"] == "600"
         assert "Access-Control-Allow-Credentials" not in response.headers
 
-    def test_other_origins_get_no_cors_headers(self, client, as_user):
-        response = client.get("/api/v1/tasks", headers={**as_user("alice"), "Origin": "https://evil.example.com"})
+    @pytest.mark.parametrize("origin", ["https://evil.example.com", "https://app.example.com.evil.net",
+                                        "http://app.example.com"])
+    def test_other_origins_get_no_cors_headers(self, client, as_user, origin):
+        response = client.get("/api/v1/tasks", headers={**as_user("alice"), "Origin": origin})
         assert "Access-Control-Allow-Origin" not in response.headers
+        assert "Origin" in response.headers["Vary"]
