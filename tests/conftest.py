@@ -26,6 +26,18 @@ def upgrade(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def node_ready() -> None:
+    """Node.js and the pinned better-auth package, for the interop and browser tests."""
+    from tests.interop.issuer import ensure_installed, node_available
+    from tests.services import unavailable
+
+    ok, reason = node_available()
+    if not ok:
+        unavailable(f"Node.js is needed to run the real Better Auth issuer: {reason}")
+    ensure_installed()
+
+
+@pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One migrated SQLite file per run; each test gets a copy (schema only via Alembic)."""
     path = tmp_path_factory.mktemp("template") / "template.db"

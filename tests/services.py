@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import pytest
@@ -77,3 +79,18 @@ def require_redis() -> str:
     if not redis_reachable():
         unavailable("Redis is not reachable on 127.0.0.1:6379")
     return REDIS_URL
+
+
+@contextmanager
+def redis_key_prefix(label: str) -> Iterator[str]:
+    """A key prefix of our own on the shared Redis (database 15), cleaned up afterwards."""
+    import redis
+
+    url = require_redis()
+    prefix = f"{label}:{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()

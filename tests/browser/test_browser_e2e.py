@@ -29,12 +29,11 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-import redis
 import requests
 
-from tests.interop.issuer import BetterAuthIssuer, ensure_installed, node_available
+from tests.interop.issuer import BetterAuthIssuer
 from tests.servers import Gunicorn
-from tests.services import require_redis, unavailable
+from tests.services import redis_key_prefix, require_redis, unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -97,14 +96,6 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def node_ready() -> None:
-    ok, reason = node_available()
-    if not ok:
-        unavailable(f"Node.js is needed for the browser tests (Better Auth issuer): {reason}")
-    ensure_installed()
-
-
-@pytest.fixture(scope="module")
 def frontend() -> Iterator[StaticSite]:
     with StaticSite() as site:
         yield site
@@ -125,14 +116,8 @@ def issuer(node_ready, frontend: StaticSite) -> Iterator[BetterAuthIssuer]:
 
 @pytest.fixture(scope="module")
 def redis_prefix() -> Iterator[str]:
-    url = require_redis()
-    prefix = f"taskgate-browser:{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with redis_key_prefix("taskgate-browser") as prefix:
+        yield prefix
 
 
 @pytest.fixture(scope="module")

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from tests.conftest import SECRET
-from tests.services import require_redis
+from tests.services import redis_key_prefix, require_redis
 
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
-    """A key prefix of our own on the shared Redis (database 15), cleaned up afterwards."""
-    url = require_redis()
-    prefix = f"taskgate-test:{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    client = redis.Redis.from_url(url)
-    keys = list(client.scan_iter(f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
+    with redis_key_prefix("taskgate-test") as prefix:
+        yield prefix
 
 
 @pytest.fixture

@@ -8,18 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from app import create_app
-from tests.interop.issuer import BetterAuthIssuer, ensure_installed, node_available
-from tests.services import unavailable
+from tests.interop.issuer import BetterAuthIssuer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def node_ready() -> None:
-    ok, reason = node_available()
-    if not ok:
-        unavailable(f"Node.js is needed for the Better Auth interop tests: {reason}")
-    ensure_installed()
 
 
 @pytest.fixture(scope="session")
