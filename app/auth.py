@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, request
 from flask_jwt_extended import JWTManager, verify_jwt_in_request
 from flask_jwt_extended.exceptions import NoAuthorizationError, RevokedTokenError
 from jwt.exceptions import ExpiredSignatureError
@@ -50,7 +54,7 @@ class Principal:
     exp: float
     claims: dict[str, Any]
 
-    @property
+    @cached_property
     def token_digest(self) -> str:
         return token_digest(self.claims)
 
@@ -178,6 +182,7 @@ def init_token_policy(jwt: JWTManager, app: Flask) -> None:
         JWT_VERIFY_SUB=True,
     )
     jwt.init_app(app)
+    app.extensions["taskgate.verified_tokens"] = VerifiedTokens()
     jwt.decode_key_loader(_decode_key)
     jwt.token_in_blocklist_loader(_is_revoked)
     # Routes go through authenticate(); these keep @jwt_required (should anyone use it)
@@ -194,8 +199,66 @@ def init_token_policy(jwt: JWTManager, app: Flask) -> None:
 # --- what routes use ----------------------------------------------------------------
 
 
+SIMPLE_BEARER = re.compile(r"Bearer ([A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*)")
+
+
+class VerifiedTokens:
+    """Tokens this worker has fully verified, so a repeat skips parsing and signature
+    verification. Never a shortcut past a check that can change: expiry and maximum age
+    are checked again on every use, and revocation is checked on every request. Bounded
+    (LRU), and an entry lives at most `ttl` seconds, so a key withdrawn from the JWKS
+    stops being honoured within that time."""
+
+    def __init__(self, size: int = 4096, ttl: float = 300.0) -> None:
+        self.size, self.ttl = size, ttl
+        self._entries: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, token: str, settings: Settings, now: float) -> Principal | None:
+        with self._lock:
+            entry = self._entries.get(token)
+            if entry is None:
+                return None
+            principal, cached_at = entry
+            if now - cached_at > self.ttl:
+                del self._entries[token]
+                return None
+            self._entries.move_to_end(token)
+        if now > principal.exp + settings.leeway_seconds:
+            raise Unauthorized("token_expired", "The token has expired.")
+        if now - principal.iat > settings.max_age_seconds:
+            raise TokenRejected("The token is older than this API accepts.", "token_expired")
+        return principal
+
+    def put(self, token: str, principal: Principal, now: float) -> None:
+        with self._lock:
+            self._entries[token] = (principal, now)
+            if len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
 def authenticate() -> Principal:
     """Verify the request's bearer token or raise a 401/503 ApiError."""
+    header = request.headers.get("Authorization", "")
+    match = SIMPLE_BEARER.fullmatch(header)
+    cache: VerifiedTokens = current_app.extensions["taskgate.verified_tokens"]
+    if match is not None:
+        now = time.time()
+        principal = cache.get(match[1], _settings(), now)
+        if principal is not None:
+            g.principal = principal
+            store = current_app.extensions.get("taskgate.revocations")
+            if store is not None and store.is_revoked(principal):
+                raise Unauthorized("token_revoked", "The token has been revoked.")
+            return principal
+    principal = _verify()
+    if match is not None:
+        cache.put(match[1], principal, time.time())
+    return principal
+
+
+def _verify() -> Principal:
+    """The full check through flask-jwt-extended and the hooks above."""
     try:
         verify_jwt_in_request()
     except ApiError:

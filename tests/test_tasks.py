@@ -129,6 +129,8 @@ def test_filters_search_sort_and_pagination(client, alice):
     assert titles("sort=created_at&order=asc&limit=1&offset=1") == ["Buy milk"]
     response = client.get("/api/v1/tasks?limit=2", headers=alice)
     assert len(response.get_json()) == 2 and response.headers["X-Total-Count"] == "3"
+    past_the_end = client.get("/api/v1/tasks?offset=10&status=pending", headers=alice)
+    assert past_the_end.get_json() == [] and past_the_end.headers["X-Total-Count"] == "2"
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=101", "offset=-1", "status=done", "sort=owner",

@@ -45,7 +45,7 @@ def committed(task, status: int = 200, headers: dict[str, str] | None = None) ->
           errors=(403,), headers={"X-Total-Count": "Number of tasks matching the filters"})
 def list_tasks(principal: Principal, query: TaskListQuery, user_id: str | None = None):
     tasks, total = owned_tasks(principal, user_id).list(query)
-    return json_response([task_to_dict(t) for t in tasks], headers={"X-Total-Count": str(total)})
+    return json_response(tasks, headers={"X-Total-Count": str(total)})
 
 
 @route("POST", COLLECTION)

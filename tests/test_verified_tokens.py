@@ -1,0 +1,63 @@
+"""The per-worker cache of verified tokens skips only work whose answer cannot change:
+expiry, maximum age and revocation are checked on every request."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import app.auth as auth
+from tests.conftest import bearer
+
+
+@pytest.fixture
+def verifications(monkeypatch):
+    calls = []
+    original = auth.verify_jwt_in_request
+    monkeypatch.setattr(auth, "verify_jwt_in_request", lambda: calls.append(1) or original())
+    return calls
+
+
+def test_a_repeat_token_is_not_verified_again(client, make_token, verifications):
+    token = make_token("alice")
+    for _ in range(3):
+        assert client.get("/api/v1/auth/me", headers=bearer(token)).status_code == 200
+    assert len(verifications) == 1
+
+
+def test_a_cached_token_still_expires(client, make_token, monkeypatch):
+    now = int(time.time())
+    token = make_token("alice", iat=now, exp=now + 60)
+    assert client.get("/api/v1/auth/me", headers=bearer(token)).status_code == 200
+    monkeypatch.setattr(auth.time, "time", lambda: now + 60 + 31)
+    assert client.get("/api/v1/auth/me", headers=bearer(token)).get_json()["code"] == "token_expired"
+
+
+def test_a_cached_token_still_ages_out(client, make_token, monkeypatch):
+    now = int(time.time())
+    token = make_token("alice", iat=now, exp=now + 30 * 86400)
+    assert client.get("/api/v1/auth/me", headers=bearer(token)).status_code == 200
+    monkeypatch.setattr(auth.time, "time", lambda: now + 7 * 86400 + 1)
+    assert client.get("/api/v1/auth/me", headers=bearer(token)).get_json()["code"] == "token_expired"
+
+
+def test_a_cached_token_is_still_checked_for_revocation(client, make_token, as_user):
+    token = make_token("alice", sid="s-1")
+    assert client.get("/api/v1/auth/me", headers=bearer(token)).status_code == 200
+    client.post("/api/v1/admin/sessions/s-1/revoke", headers=as_user("root", role="admin"))
+    assert client.get("/api/v1/auth/me", headers=bearer(token)).get_json()["code"] == "token_revoked"
+
+
+def test_the_cache_is_bounded_and_entries_have_a_lifetime():
+    cache = auth.VerifiedTokens(size=2, ttl=10)
+
+    class Settings:
+        leeway_seconds, max_age_seconds = 30, 604800
+
+    principal = auth.Principal("u", None, None, None, False, None, None, 1000.0, 5000.0, {})
+    for token in ("a", "b", "c"):
+        cache.put(token, principal, 1000.0)
+    assert cache.get("a", Settings, 1001.0) is None  # evicted, least recently used
+    assert cache.get("c", Settings, 1005.0) is principal
+    assert cache.get("c", Settings, 1011.0) is None  # older than its lifetime
