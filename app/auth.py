@@ -7,7 +7,9 @@ types, lifetime and revocation. Routes call `authenticate()` through `app.api.en
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import math
 import re
 import threading
@@ -32,6 +34,31 @@ MAX_ID_LENGTH = 255
 FORBIDDEN_HEADERS = frozenset({"crit", "b64", "zip", "enc"})
 # Keys flask-jwt-extended adds to the claims when a token lacks them.
 JWT_EXTENDED_DEFAULTS = {"type": "access", "fresh": False, "jti": None}
+
+
+def require_utf8_segments(encoded_token: str) -> None:
+    """RFC 7515/7519: the header and the claims are UTF-8 JSON. Python's json.loads(bytes)
+    would also take UTF-16, UTF-32 and a byte-order mark, which no JOSE library emits."""
+    header, _, rest = encoded_token.partition(".")
+    payload = rest.partition(".")[0]
+    for segment in (header, payload):
+        try:
+            text = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            raise TokenRejected("The token is not UTF-8 JSON.") from None
+        if text.startswith("\ufeff") or "\x00" in text:  # a BOM; UTF-16/32 (NULs)
+            raise TokenRejected("The token is not UTF-8 JSON.")
+
+
+class StrictJWTManager(JWTManager):
+    """flask-jwt-extended's manager, refusing non-UTF-8 tokens before PyJWT parses them.
+    `_decode_jwt_from_config` is the one method every decode goes through (requests and
+    decode_for_revocation); flask-jwt-extended is pinned and tests/security guards this."""
+
+    def _decode_jwt_from_config(self, encoded_token: str, csrf_value: Any = None,
+                                allow_expired: bool = False) -> dict:
+        require_utf8_segments(encoded_token)
+        return super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
 
 
 class TokenRejected(Unauthorized):
@@ -63,15 +90,28 @@ def token_digest(claims: dict[str, Any]) -> str:
     """Identifies a token by its claims alone: a re-encoded (padding, whitespace, key order)
     or re-signed copy of the same claims has the same digest, so it cannot escape a logout."""
     canonical = {k: v for k, v in claims.items() if JWT_EXTENDED_DEFAULTS.get(k, k) != v}
-    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    try:
+        data = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # Lone surrogates or integers past 64 bits (orjson refuses them): the standard
+        # library encodes them; such tokens could never be revoked before, so no stored
+        # digest changes.
+        data = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(data).hexdigest()
 
 
 def _settings() -> Settings:
     return current_app.extensions["taskgate.settings"]
 
 
+# 9999-12-31T23:59:59Z, the last instant a datetime can hold (/me formats exp and iat).
+MAX_TIMESTAMP = 253_402_300_799
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    # Comparisons, not math.isfinite: NaN and ±Infinity fail them, and so does a 400-digit
+    # integer, without an OverflowError.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and -math.inf < value <= MAX_TIMESTAMP
 
 
 def _is_identifier(value: Any) -> bool:
@@ -103,11 +143,19 @@ def check_claims(claims: dict[str, Any], settings: Settings, now: float | None =
         raise TokenRejected("The token is older than this API accepts.", "token_expired")
 
 
+def _text(value: Any) -> str | None:
+    """A string claim as text: a lone UTF-16 surrogate (a JS string cut mid-emoji, sent as
+    "\\ud83d") becomes U+FFFD instead of breaking the JSON encoder."""
+    if not isinstance(value, str):
+        return None
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _role_names(role: Any) -> list[str]:
     if isinstance(role, str):
-        return [part.strip() for part in role.split(",")]
+        return [part.strip() for part in _text(role).split(",")]
     if isinstance(role, list):
-        return [part.strip() for part in role if isinstance(part, str)]
+        return [_text(part).strip() for part in role if isinstance(part, str)]
     return []
 
 
@@ -116,9 +164,9 @@ def principal_from_claims(claims: dict[str, Any], settings: Settings) -> Princip
     role = claims.get("role")
     return Principal(
         user_id=user_id,
-        email=claims["email"] if isinstance(claims.get("email"), str) else None,
-        name=claims["name"] if isinstance(claims.get("name"), str) else None,
-        role=role if isinstance(role, str) else (",".join(_role_names(role)) or None),
+        email=_text(claims.get("email")),
+        name=_text(claims.get("name")),
+        role=_text(role) if isinstance(role, str) else (",".join(_role_names(role)) or None),
         is_admin="admin" in _role_names(role) or user_id in settings.admin_user_ids,
         jti=claims.get("jti"),
         sid=claims.get("sid"),

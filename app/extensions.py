@@ -1,10 +1,10 @@
 """Extensions, created unbound here and bound to an app in `create_app`."""
 
 from flask_cors import CORS
-from flask_jwt_extended import JWTManager
 
+from app.auth import StrictJWTManager
 from app.db import Database
 
-jwt = JWTManager()
+jwt = StrictJWTManager()
 db = Database()
 cors = CORS()

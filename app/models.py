@@ -45,6 +45,8 @@ class Task(Base):
         CheckConstraint("priority IN ('low', 'medium', 'high')", name="ck_tasks_priority"),
         Index("ix_tasks_user_id_created_at", "user_id", "created_at"),
         Index("ix_tasks_user_id_completed", "user_id", "completed"),
+        # SQLite: never hand a deleted task's id to a new task (PostgreSQL sequences never do).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
