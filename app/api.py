@@ -119,8 +119,6 @@ def endpoint(
             # Authentication first: an anonymous caller learns nothing from validation.
             limits = rate_limits()
             if spec.auth is not None:
-                if limits is not None:
-                    limits.before_authentication()
                 try:
                     principal = authenticate()
                 except ApiError as error:

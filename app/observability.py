@@ -30,6 +30,20 @@ BACKEND_ERRORS = Counter("taskgate_backend_errors_total", "Database/Redis/JWKS f
 METRICS = (REQUESTS, LATENCY, TOKEN_FAILURES, REVOCATION_CHECKS, BACKEND_ERRORS)
 
 
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_children: dict[tuple, tuple] = {}
+
+
+def _request_metrics(method: str, route: str, status: str) -> tuple:
+    """The labelled children, looked up once per (method, route, status): `labels()` is
+    costly on the hot path."""
+    key = (method, route, status)
+    children = _children.get(key)
+    if children is None:
+        children = _children[key] = (REQUESTS.labels(method, route, status), LATENCY.labels(method, route))
+    return children
+
+
 def _start() -> None:
     g.started = time.perf_counter()
     incoming = request.headers.get("X-Request-ID", "")
@@ -40,8 +54,10 @@ def _finish(response: Response) -> Response:
     duration = time.perf_counter() - g.get("started", time.perf_counter())
     route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
     principal = g.get("principal")
-    REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-    LATENCY.labels(request.method, route).observe(duration)
+    method = request.method if request.method in KNOWN_METHODS else "OTHER"  # clients pick it: bound it
+    counter, histogram = _request_metrics(method, route, str(response.status_code))
+    counter.inc()
+    histogram.observe(duration)
     if response.status_code == 401 and response.mimetype == "application/problem+json":
         code = (response.get_json(silent=True) or {}).get("code", "unknown")
         TOKEN_FAILURES.labels(code).inc()

@@ -1,6 +1,6 @@
 """Rate limits (the `limits` library, the engine behind flask-limiter), stored in the same
 Redis as revocations so every instance shares them: per user for the API, and per client
-IP for failed authentications and unauthenticated API calls. Off in tests unless turned on.
+IP for failed or missing authentication. Off in tests unless turned on.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ class RateLimits:
         self.auth_failures = parse(settings.rate_limit_auth_failures)
         self.namespace = f"{settings.redis_key_prefix}rl"
 
-    def _enforce(self, item: RateLimitItem, *identifiers: str, hit: bool = True) -> None:
-        allowed = (self.limiter.hit if hit else self.limiter.test)(item, self.namespace, *identifiers)
+    def _enforce(self, item: RateLimitItem, *identifiers: str) -> None:
+        allowed = self.limiter.hit(item, self.namespace, *identifiers)
         if not allowed:
             reset = self.limiter.get_window_stats(item, self.namespace, *identifiers).reset_time
             raise RateLimited(max(1, math.ceil(reset - time.time())))
@@ -51,12 +51,11 @@ class RateLimits:
     def anonymous_request(self) -> None:
         self._enforce(self.ip, "ip", request.remote_addr or "unknown")
 
-    def before_authentication(self) -> None:
-        """A client that keeps failing to authenticate is stopped before any token work."""
-        self._enforce(self.auth_failures, "authfail", request.remote_addr or "unknown", hit=False)
-
     def authentication_failed(self) -> None:
-        self.limiter.hit(self.auth_failures, self.namespace, "authfail", request.remote_addr or "unknown")
+        """Counted when it happens (a valid request pays nothing for it): past the limit, an
+        IP's failed or missing authentications are answered 429 instead of 401, so
+        guessing tokens or hammering without one stops paying off."""
+        self._enforce(self.auth_failures, "authfail", request.remote_addr or "unknown")
 
 
 def init_rate_limits(app: Flask) -> None:

@@ -99,3 +99,10 @@ class TestCors:
         response = client.get("/api/v1/tasks", headers={**as_user("alice"), "Origin": origin})
         assert "Access-Control-Allow-Origin" not in response.headers
         assert "Origin" in response.headers["Vary"]
+
+
+def test_client_chosen_methods_do_not_grow_metric_labels(client):
+    for method in ("FOO", "BAR", "X" * 50):
+        client.open("/healthz", method=method)
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'method="OTHER"' in text and "FOO" not in text and "BAR" not in text
