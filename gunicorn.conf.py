@@ -10,13 +10,13 @@ this file and wins over everything here):
   GUNICORN_BIND                 full bind address(es), comma-separated;
                                 replaces 0.0.0.0:$PORT when set
   GUNICORN_WORKER_CLASS         worker class                         (gthread)
-  GUNICORN_WORKERS              worker processes     (CPUs available, at least 2)
+  GUNICORN_WORKERS              worker processes     (2 x CPUs available, at least 2)
   GUNICORN_THREADS              threads per worker                   (8)
   GUNICORN_WORKER_CONNECTIONS   max open connections per worker      (2000)
   GUNICORN_KEEPALIVE            keep-alive idle timeout, seconds     (5)
   GUNICORN_TIMEOUT              worker silent timeout, seconds       (30)
   GUNICORN_GRACEFUL_TIMEOUT     graceful shutdown/restart, seconds   (25)
-  GUNICORN_MAX_REQUESTS         recycle a worker after N requests    (10000; 0 = never)
+  GUNICORN_MAX_REQUESTS         recycle a worker after N requests    (0 = never)
   GUNICORN_MAX_REQUESTS_JITTER  random extra requests before recycle (1000)
   GUNICORN_BACKLOG              listen(2) backlog                    (2048)
   GUNICORN_ACCESS_LOG           access log target, "-" = stdout      ("" = off)
@@ -104,7 +104,11 @@ backlog = _env_int("GUNICORN_BACKLOG", 2048, minimum=1)
 # connections evenly between workers, so one worker alone must be able to hold
 # the 1000 concurrent connections the service has to sustain: hence 2000.
 worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread") or "gthread"
-workers = _env_int("GUNICORN_WORKERS", max(2, _cpus_available()), minimum=1)
+# Two per CPU: one gthread worker is one GIL-bound process, and while its threads wait on
+# PostgreSQL and Redis it cannot keep a core busy. Measured with bench/run.py --sweep on 2
+# cores and 1000 connections (bench/RESULTS.md): 4x8 served more (mixed 427 vs 306 req/s)
+# with a far better tail at 300 req/s offered (p95 365 ms vs 604 ms) than 2x8.
+workers = _env_int("GUNICORN_WORKERS", max(2, 2 * _cpus_available()), minimum=1)
 threads = _env_int("GUNICORN_THREADS", 8, minimum=1)
 worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 2000, minimum=1)
 
@@ -112,9 +116,11 @@ keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
 timeout = _env_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 25)
 
-# Recycle workers now and then to bound slow memory growth; the jitter keeps
-# all workers from restarting at the same moment.
-max_requests = _env_int("GUNICORN_MAX_REQUESTS", 10000)
+# Off by default: recycling a gthread worker stalls its share of the keep-alive
+# connections for seconds and leaves the others on one worker (bench/RESULTS.md: p95 at
+# 300 req/s went from 3.0 s to 604 ms without it), and RSS stays flat (~105 MB per
+# worker over the runs). Set it if a leak ever shows; the jitter then spreads restarts.
+max_requests = _env_int("GUNICORN_MAX_REQUESTS", 0)
 max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 1000)
 
 # Not preloaded: every worker imports the app and opens its own database and

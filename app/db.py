@@ -24,7 +24,7 @@ def engine_options(url: str, pool_size: int, statement_timeout_ms: int) -> dict[
     options: dict[str, Any] = {
         "pool_pre_ping": True,
         "pool_size": pool_size,
-        "max_overflow": pool_size,
+        "max_overflow": 2,  # the pool matches the worker's threads; a little slack for the CLI
         "pool_timeout": 5,
         "pool_recycle": 1800,
     }
