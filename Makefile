@@ -24,3 +24,8 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/shellcheck -s sh docker/entrypoint.sh
+
+# Load benchmark (bench/README.md): seeds 10k users, runs gunicorn as production does
+# against PostgreSQL + Redis and SQLite, prints the table. ARGS="--backend postgresql --quick"
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py $(ARGS)
