@@ -12,17 +12,19 @@
 # Output: bench/results/<timestamp>/profile-<backend>-<workload>-summary.txt, -worker<pid>.txt and .svg
 # (--profile-workload healthz|me|list|mixed picks the load; mixed by default).
 #
-# py-spy is not a project dependency: install it in your own venv (pip install py-spy==0.4.3) and
-# put it on PATH, or set PY_SPY=/path/to/py-spy. PYTHON defaults to the project's .venv.
+# py-spy comes with requirements-dev.txt (py-spy==0.4.3); otherwise set PY_SPY=/path/to/py-spy.
+# PYTHON defaults to the project's .venv.
 set -eu
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
 [ "$#" -gt 0 ] && shift
 python=${PYTHON:-.venv/bin/python}
-py_spy=${PY_SPY:-$(command -v py-spy || true)}
-if [ -z "$py_spy" ] && [ -x /tmp/bench-venv/bin/py-spy ]; then
-    py_spy=/tmp/bench-venv/bin/py-spy
-fi
+py_spy=${PY_SPY:-}
+for candidate in "$(dirname "$python")/py-spy" "$(command -v py-spy || true)" /tmp/bench-venv/bin/py-spy; do
+    if [ -z "$py_spy" ] && [ -n "$candidate" ] && [ -x "$candidate" ]; then
+        py_spy=$candidate
+    fi
+done
 if [ -z "$py_spy" ]; then
     echo "profile.sh: py-spy not found; pip install py-spy==0.4.3 in a venv and set PY_SPY" >&2
     exit 1

@@ -211,6 +211,18 @@ class Sampler(threading.Thread):
 # --------------------------------------------------------------------------- helpers
 
 
+def compress(path: Path) -> None:
+    """gzip a gunicorn log in place (the app's access log writes a line per request)."""
+    import gzip
+
+    if not path.exists():
+        return
+    gz = path.with_suffix(path.suffix + ".gz")
+    with open(path, "rb") as src, gzip.open(gz, "ab") as dst:
+        shutil.copyfileobj(src, dst)
+    path.unlink()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -540,6 +552,7 @@ class Server:
         url = f"http://127.0.0.1:{self.port}/readyz"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.log_fh.flush()
                 raise RuntimeError(f"gunicorn exited with {self.proc.returncode}; see {self.log_path}:\n"
                                    + self.log_path.read_text()[-2000:])
             try:
@@ -609,6 +622,7 @@ class Server:
                 self.proc.wait(5)
         self.log_fh.close()
         self.proc = None
+        compress(self.log_path)
 
     def settings(self) -> dict:
         """The effective gunicorn settings (defaults of gunicorn.conf.py unless overridden)."""
@@ -816,12 +830,12 @@ def plot(report: dict, png: Path) -> str | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        other = os.environ.get("BENCH_PLOT_PYTHON") or "/tmp/bench-venv/bin/python"
-        if Path(other).exists() and os.path.abspath(other) != os.path.abspath(sys.executable):
+        other = os.environ.get("BENCH_PLOT_PYTHON", "")
+        if other and Path(other).exists() and os.path.abspath(other) != os.path.abspath(sys.executable):
             json_path = png.with_suffix(".json")
             done = subprocess.run([other, str(Path(__file__)), "--plot-only", str(json_path)], timeout=120)
             return str(png) if done.returncode == 0 else None
-        log("matplotlib not installed: plot skipped (pip install matplotlib==3.11.2, or set BENCH_PLOT_PYTHON)")
+        log("matplotlib not installed: plot skipped (it is in requirements-dev.txt; or set BENCH_PLOT_PYTHON)")
         return None
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     colors = {"postgresql": "tab:blue", "sqlite": "tab:orange"}
@@ -1025,7 +1039,7 @@ def run_profile(args, run_dir: Path) -> dict:
         (p for p in (str(Path(sys.executable).parent / "py-spy"), "/tmp/bench-venv/bin/py-spy") if Path(p).exists()),
         None)
     if not py_spy:
-        sys.exit("bench: py-spy not found; pip install py-spy==0.4.3 (in your own venv) and pass --py-spy PATH")
+        sys.exit("bench: py-spy not found (requirements-dev.txt has py-spy==0.4.3); or pass --py-spy PATH")
     backend = Backend(kind, args, run_dir)
     server = None
     try:
@@ -1213,4 +1227,8 @@ def run_modes(args, report: dict, kinds: list[str], run_dir: Path, json_path: Pa
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as interrupt:
+        log(f"interrupted ({interrupt or 'Ctrl-C'}); gunicorn, the database and the Redis keys were cleaned up")
+        sys.exit(130)
