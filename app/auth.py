@@ -198,11 +198,15 @@ def _decode_key(header: dict[str, Any], claims: dict[str, Any]) -> Any:
     return keys.key_for(header)
 
 
-def _is_revoked(_header: dict[str, Any], claims: dict[str, Any]) -> bool:
-    principal = principal_from_claims(claims, _settings())
+def _revoked(principal: Principal) -> bool:
+    """The one revocation check, for freshly verified and cached tokens alike."""
     g.principal = principal
     store = current_app.extensions.get("taskgate.revocations")
     return store is not None and store.is_revoked(principal)
+
+
+def _is_revoked(_header: dict[str, Any], claims: dict[str, Any]) -> bool:
+    return _revoked(principal_from_claims(claims, _settings()))
 
 
 def _problem_loader(code: str, detail: str):
@@ -294,9 +298,7 @@ def authenticate() -> Principal:
         now = time.time()
         principal = cache.get(match[1], _settings(), now)
         if principal is not None:
-            g.principal = principal
-            store = current_app.extensions.get("taskgate.revocations")
-            if store is not None and store.is_revoked(principal):
+            if _revoked(principal):
                 raise Unauthorized("token_revoked", "The token has been revoked.")
             return principal
     principal = _verify()

@@ -153,13 +153,15 @@ def _development_secret(instance_path: Path) -> str:
     return value
 
 
-def _check_rate_limit(name: str, value: str) -> None:
+def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
     from limits import parse
 
+    value = env.get(name, "").strip() or default
     try:
         parse(value)
     except ValueError:
         raise ConfigError(f"{name} must look like '600/minute', got {value!r}") from None
+    return value
 
 
 def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
@@ -244,10 +246,6 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
         if not ORIGIN.match(origin):
             raise ConfigError(f"CORS_ORIGINS entries must be exact origins (https://app.example.com), got {origin!r}")
 
-    for name, default in (("RATE_LIMIT_USER", "600/minute"), ("RATE_LIMIT_IP", "120/minute"),
-                          ("RATE_LIMIT_AUTH_FAILURES", "30/minute")):
-        _check_rate_limit(name, env.get(name, "").strip() or default)
-
     return Settings(
         app_env=app_env,
         database_url=database_url,
@@ -276,9 +274,9 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
         db_statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1),
         log_level=(env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
         rate_limits_enabled=_bool(env, "RATE_LIMITS_ENABLED", not app_env == "testing"),
-        rate_limit_user=env.get("RATE_LIMIT_USER", "").strip() or "600/minute",
-        rate_limit_ip=env.get("RATE_LIMIT_IP", "").strip() or "120/minute",
-        rate_limit_auth_failures=env.get("RATE_LIMIT_AUTH_FAILURES", "").strip() or "30/minute",
+        rate_limit_user=_rate_limit(env, "RATE_LIMIT_USER", "600/minute"),
+        rate_limit_ip=_rate_limit(env, "RATE_LIMIT_IP", "120/minute"),
+        rate_limit_auth_failures=_rate_limit(env, "RATE_LIMIT_AUTH_FAILURES", "30/minute"),
         proxy_hops=_int(env, "PROXY_HOPS", 0),
         warnings=tuple(warnings),
     )

@@ -42,6 +42,7 @@ from app.observability import BACKEND_ERRORS, REVOCATION_CHECKS
 log = logging.getLogger(__name__)
 EXTENSION_KEY = "taskgate.revocations"
 EVICTING_POLICIES = ("allkeys-", "volatile-")
+KEY_NAMES = {"session": "sid", "token": "tok"}  # revocation kind -> key segment (see above)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class RevocationStore:
     # --- keys and lifetimes ------------------------------------------------------
 
     def key(self, kind: str, value: str) -> str:
-        return f"{self.prefix}rev:{ {'session': 'sid', 'token': 'tok'}.get(kind, kind) }:{value}"
+        return f"{self.prefix}rev:{KEY_NAMES.get(kind, kind)}:{value}"
 
     def token_target(self, claims: dict[str, Any], digest: str) -> RevocationTarget:
         """The entry that denies this token; it lives as long as the token could."""
