@@ -116,7 +116,8 @@ def endpoint(
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
         def wrapper(**kwargs: Any) -> Any:
-            # Authentication first: an anonymous caller learns nothing from validation.
+            # Authentication first (it also counts the caller's per-user rate limit): an
+            # anonymous caller learns nothing from validation.
             limits = rate_limits()
             if spec.auth is not None:
                 try:
@@ -125,8 +126,6 @@ def endpoint(
                     if limits is not None and error.status == 401:
                         limits.authentication_failed()
                     raise
-                if limits is not None:
-                    limits.user_request(principal.user_id)
                 if spec.auth == "admin":
                     require_admin(principal)
                 kwargs["principal"] = principal

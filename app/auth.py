@@ -27,6 +27,7 @@ from jwt.exceptions import ExpiredSignatureError
 
 from app.config import SYMMETRIC_ALGORITHMS, Settings
 from app.errors import ApiError, Forbidden, Unauthorized
+from app.ratelimit import rate_limits
 
 MAX_ID_LENGTH = 255
 # Header parameters we refuse outright: critical extensions we do not implement,
@@ -199,10 +200,20 @@ def _decode_key(header: dict[str, Any], claims: dict[str, Any]) -> Any:
 
 
 def _revoked(principal: Principal) -> bool:
-    """The one revocation check, for freshly verified and cached tokens alike."""
+    """The one revocation check, for freshly verified and cached tokens alike. The caller's
+    per-user rate limit is counted in the same Redis round trip (app.ratelimit)."""
     g.principal = principal
     store = current_app.extensions.get("taskgate.revocations")
-    return store is not None and store.is_revoked(principal)
+    limits = rate_limits()
+    window = limits.user_window(principal.user_id) if limits is not None else None
+    if store is None:
+        if limits is not None:
+            limits.hit(window)
+        return False
+    revoked, count = store.check(principal, window)
+    if window is not None and not revoked:
+        window.enforce(count)
+    return revoked
 
 
 def _is_revoked(_header: dict[str, Any], claims: dict[str, Any]) -> bool:

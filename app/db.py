@@ -1,5 +1,9 @@
 """The database: one engine per app, one session per request, committed once by the route.
 
+A route that runs exactly one statement (a read, or an atomic single-statement write)
+may use `db.autocommit_session` instead: the statement commits on its own, which spares
+the BEGIN and COMMIT/ROLLBACK round trips a transaction costs on the hot routes.
+
 Created unbound (`Database()` in extensions.py) and bound with `init_app`; per-app state
 lives in `app.extensions` so several apps (tests) never share an engine.
 """
@@ -14,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 EXTENSION_KEY = "taskgate.db"
+AUTOCOMMIT_KEY = "taskgate.db.autocommit"
 
 
 def engine_options(url: str, pool_size: int, statement_timeout_ms: int) -> dict[str, Any]:
@@ -60,6 +65,8 @@ class Database:
             settings.database_url, settings.db_pool_size, settings.db_statement_timeout_ms
         )
         app.extensions[EXTENSION_KEY] = sessionmaker(engine, expire_on_commit=False)
+        app.extensions[AUTOCOMMIT_KEY] = sessionmaker(
+            engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
         app.teardown_appcontext(self._close_session)
 
     @property
@@ -73,6 +80,14 @@ class Database:
             session = g._db_session = current_app.extensions[EXTENSION_KEY]()
         return session
 
+    @property
+    def autocommit_session(self) -> Session:
+        """For one statement that commits by itself; never for two that must agree."""
+        session = g.get("_db_autocommit_session")
+        if session is None:
+            session = g._db_autocommit_session = current_app.extensions[AUTOCOMMIT_KEY]()
+        return session
+
     def ping(self) -> None:
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -80,6 +95,7 @@ class Database:
     @staticmethod
     def _close_session(_exc: BaseException | None) -> None:
         # Anything not committed by the route is rolled back here.
-        session = g.pop("_db_session", None)
-        if session is not None:
-            session.close()
+        for name in ("_db_session", "_db_autocommit_session"):
+            session = g.pop(name, None)
+            if session is not None:
+                session.close()

@@ -7,7 +7,7 @@ Keys (all under REDIS_KEY_PREFIX):
     rev:sid:<sid>       every token of a session
     rev:user:<user_id>  a cutoff (epoch seconds): every token of the user with `iat` <= it
 
-Every request costs one command (MGET) in one round trip. Every write goes to the
+Every request costs one round trip: MGET, plus the caller's rate-limit count (app.ratelimit). Every write goes to the
 audit table first (same transaction as the request), then to Redis; a Redis failure is
 a 503 and the request's transaction rolls back. When the marker is missing (Redis
 restarted empty, FLUSHALL, failover), the denylist is rebuilt from the audit table
@@ -106,12 +106,24 @@ class RevocationStore:
     # --- the per-request check ---------------------------------------------------
 
     def is_revoked(self, principal: Any) -> bool:
+        return self.check(principal)[0]
+
+    def check(self, principal: Any, window: Any = None) -> tuple[bool, int]:
+        """Is the token revoked; and, given a rate-limit `window` (app.ratelimit.Window),
+        this request's count in it. One round trip: MGET, plus the window's increment."""
         token_key = self.key("jti", principal.jti) if principal.jti else self.key("token", principal.token_digest)
         keys = [self.marker, token_key, self.key("user", principal.user_id)]
         if principal.sid:
             keys.append(self.key("session", principal.sid))
+        count = 0
         with self._redis():
-            values = self.client.mget(keys)
+            if window is None:
+                values = self.client.mget(keys)
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                pipe.mget(keys)
+                window.count(pipe)
+                values, count, _ = pipe.execute()
             if values[0] is None:
                 self.rebuild()
                 values = self.client.mget(keys)
@@ -121,7 +133,14 @@ class RevocationStore:
         revoked = token is not None or any(v is not None for v in session) or (
             cutoff is not None and principal.iat <= float(cutoff))
         REVOCATION_CHECKS.labels("revoked" if revoked else "ok").inc()
-        return revoked
+        return revoked, count
+
+    def count(self, window: Any) -> int:
+        """One request counted in a rate-limit window (app.ratelimit.Window), on its own."""
+        with self._redis():
+            pipe = self.client.pipeline(transaction=False)
+            window.count(pipe)
+            return pipe.execute()[0]
 
     # --- writes --------------------------------------------------------------------
 

@@ -7,9 +7,10 @@ a new route cannot forget the check. Nothing here commits: the route commits onc
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Select, case, false, func, select, true
+from sqlalchemy import Select, String, bindparam, case, false, func, select, true, update
 from sqlalchemy.orm import Session
 
 from app.errors import NotFound
@@ -46,6 +47,41 @@ def task_to_dict(task: Task) -> dict[str, Any]:
     }
 
 
+def like_pattern(text: str) -> str:
+    """`text` for a LIKE ... ESCAPE '/' comparison, matching its characters literally."""
+    return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+
+
+@lru_cache(maxsize=256)  # bounded: 3 statuses x 2 x 2 x 5 sorts x 2 orders = 120 shapes
+def _list_statement(status: str, by_priority: bool, by_text: bool, sort: str, order: str) -> Select[Any]:
+    """The list query for one shape of filters, with the owner (always), the filter values
+    and the page as bound parameters: built and compiled once, reused by every request."""
+    statement = select(*TASK_COLUMNS, func.count().over().label("total")).where(
+        Task.user_id == bindparam("owner"))
+    if status != "all":
+        statement = statement.where(Task.completed == (true() if status == "completed" else false()))
+    if by_priority:
+        statement = statement.where(Task.priority == bindparam("priority"))
+    if by_text:
+        pattern = bindparam("q", type_=String)  # escaped by like_pattern(): % and _ match themselves
+        statement = statement.where(Task.title.icontains(pattern, escape="/")
+                                    | Task.description.icontains(pattern, escape="/"))
+    column = SORT_COLUMNS[sort]
+    direction = (lambda c: c.desc()) if order == "desc" else (lambda c: c.asc())
+    ordering = [direction(column), direction(Task.id)]
+    if sort == "due_date":  # tasks without a due date come last either way
+        ordering.insert(0, Task.due_date.is_(None))
+    return statement.order_by(*ordering).limit(bindparam("limit")).offset(bindparam("offset"))
+
+
+_TOGGLE = (
+    update(Task)
+    .where(Task.user_id == bindparam("owner"), Task.id == bindparam("task_id"))
+    .values(completed=~Task.completed, updated_at=bindparam("now", type_=Task.updated_at.type))
+    .returning(*TASK_COLUMNS)
+)
+
+
 class OwnedTasks:
     def __init__(self, session: Session, owner_id: str) -> None:
         self.session = session
@@ -65,31 +101,23 @@ class OwnedTasks:
 
     def list(self, query: TaskListQuery) -> tuple[list[dict[str, Any]], int]:
         """One page of the owner's tasks as dicts, and the number matching the filters.
-        The hot route: one statement (the total rides along as a window count) and plain
-        rows instead of ORM objects."""
-        statement = select(*TASK_COLUMNS, func.count().over().label("total")).where(Task.user_id == self.owner_id)
-        if query.status != "all":
-            statement = statement.where(Task.completed == (true() if query.status == "completed" else false()))
+        The hot route: one statement (the total rides along as a window count), built once
+        per query shape, and plain rows instead of ORM objects."""
+        params = {"owner": self.owner_id, "limit": query.limit, "offset": query.offset}
         if query.priority:
-            statement = statement.where(Task.priority == query.priority)
+            params["priority"] = query.priority
         if query.q:
-            statement = statement.where(
-                Task.title.icontains(query.q, autoescape=True)
-                | Task.description.icontains(query.q, autoescape=True)
-            )
-        column = SORT_COLUMNS[query.sort]
-        direction = (lambda c: c.desc()) if query.order == "desc" else (lambda c: c.asc())
-        ordering = [direction(column), direction(Task.id)]
-        if query.sort == "due_date":  # tasks without a due date come last either way
-            ordering.insert(0, Task.due_date.is_(None))
-        rows = self.session.execute(statement.order_by(*ordering).limit(query.limit).offset(query.offset)).all()
+            params["q"] = like_pattern(query.q)
+        statement = _list_statement(query.status, bool(query.priority), bool(query.q), query.sort, query.order)
+        connection = self.session.connection()
+        rows = connection.execute(statement, params).all()
         if rows:
             return [dict(zip(TASK_FIELDS, row, strict=False)) for row in rows], rows[0].total
         if query.offset == 0:
             return [], 0
         # A page past the end has no row to carry the count: count separately.
-        counted = statement.with_only_columns(func.count()).order_by(None)
-        return [], self.session.scalar(counted) or 0
+        counted = statement.with_only_columns(func.count()).order_by(None).limit(None).offset(None)
+        return [], connection.execute(counted, params).scalar() or 0
 
     def create(self, data: TaskCreate) -> Task:
         task = Task(user_id=self.owner_id, **data.model_dump())
@@ -103,9 +131,16 @@ class OwnedTasks:
     def patch(self, task_id: int, data: TaskPatch) -> Task:
         return self._apply(self.get(task_id), data.model_dump(include=data.model_fields_set))
 
-    def toggle(self, task_id: int) -> Task:
-        task = self.get(task_id)
-        return self._apply(task, {"completed": not task.completed})
+    def toggle(self, task_id: int) -> dict[str, Any]:
+        """Flip `completed` in one atomic statement: two toggles at once never both read the
+        old value, and the route needs no transaction around a read and a write."""
+        if not 0 < task_id <= MAX_TASK_ID:
+            raise NotFound("No task with this id.")
+        row = self.session.connection().execute(
+            _TOGGLE, {"owner": self.owner_id, "task_id": task_id, "now": utcnow()}).first()
+        if row is None:
+            raise NotFound("No task with this id.")
+        return dict(zip(TASK_FIELDS, row, strict=False))
 
     def delete(self, task_id: int) -> None:
         self.session.delete(self.get(task_id))
