@@ -10,10 +10,11 @@ lives in `app.extensions` so several apps (tests) never share an engine.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Flask, current_app, g
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,7 +28,8 @@ def engine_options(url: str, pool_size: int, statement_timeout_ms: int) -> dict[
         # hand between threads as long as one thread uses a connection at a time.
         return {"connect_args": {"check_same_thread": False, "timeout": 5}}
     options: dict[str, Any] = {
-        "pool_pre_ping": True,
+        # Not pool_pre_ping (a round trip on every checkout): _ping_idle_connections()
+        # pings only connections that sat idle, which is where dead ones hide.
         "pool_size": pool_size,
         "max_overflow": 2,  # the pool matches the worker's threads; a little slack for the CLI
         "pool_timeout": 5,
@@ -36,7 +38,8 @@ def engine_options(url: str, pool_size: int, statement_timeout_ms: int) -> dict[
     if url.startswith("postgresql"):
         options["connect_args"] = {
             "connect_timeout": 5,
-            "options": f"-c statement_timeout={statement_timeout_ms}",
+            # UTC: timestamps come back as aware UTC datetimes (app.models.UTCDateTime).
+            "options": f"-c statement_timeout={statement_timeout_ms} -c TimeZone=UTC",
         }
     return options
 
@@ -51,10 +54,39 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# A connection used this recently is trusted without a ping; one idle longer is pinged
+# first. If the server went away within this window, the request gets a 503 (the pool
+# then discards every connection of that age) instead of a round trip per request.
+PING_IF_IDLE_SECONDS = 1.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """pool_pre_ping for connections idle longer than PING_IF_IDLE_SECONDS: a ping that
+    fails makes the pool replace the connection (DisconnectionError), as pre-ping does."""
+
+    def mark_used(_dbapi_connection: Any, record: Any, *_args: Any) -> None:
+        record.info["taskgate.used"] = time.monotonic()
+
+    def ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("taskgate.used", 0.0) < PING_IF_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # noqa: BLE001 - any failure: hand out a new connection
+            raise exc.DisconnectionError(f"idle connection failed its ping: {type(error).__name__}") from error
+        record.info["taskgate.used"] = time.monotonic()
+
+    event.listen(engine, "connect", mark_used)
+    event.listen(engine, "checkin", mark_used)
+    event.listen(engine, "checkout", ping_if_idle)
+
+
 def build_engine(url: str, pool_size: int = 10, statement_timeout_ms: int = 5000) -> Engine:
     engine = create_engine(url, **engine_options(url, pool_size, statement_timeout_ms))
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        _ping_idle_connections(engine)
     return engine
 
 
@@ -75,17 +107,20 @@ class Database:
 
     @property
     def session(self) -> Session:
-        session = g.get("_db_session")
-        if session is None:
-            session = g._db_session = current_app.extensions[EXTENSION_KEY]()
-        return session
+        """The request's transaction: the route commits it once."""
+        return self._request_session(EXTENSION_KEY)
 
     @property
     def autocommit_session(self) -> Session:
         """For one statement that commits by itself; never for two that must agree."""
-        session = g.get("_db_autocommit_session")
+        return self._request_session(AUTOCOMMIT_KEY)
+
+    @staticmethod
+    def _request_session(factory_key: str) -> Session:
+        sessions = g.setdefault("_db_sessions", {})
+        session = sessions.get(factory_key)
         if session is None:
-            session = g._db_autocommit_session = current_app.extensions[AUTOCOMMIT_KEY]()
+            session = sessions[factory_key] = current_app.extensions[factory_key]()
         return session
 
     def ping(self) -> None:
@@ -95,7 +130,5 @@ class Database:
     @staticmethod
     def _close_session(_exc: BaseException | None) -> None:
         # Anything not committed by the route is rolled back here.
-        for name in ("_db_session", "_db_autocommit_session"):
-            session = g.pop(name, None)
-            if session is not None:
-                session.close()
+        for session in g.pop("_db_sessions", {}).values():
+            session.close()

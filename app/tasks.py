@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Select, String, bindparam, case, false, func, select, true, update
+from sqlalchemy import Select, String, bindparam, case, false, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from app.errors import NotFound
@@ -74,6 +74,7 @@ def _list_statement(status: str, by_priority: bool, by_text: bool, sort: str, or
     return statement.order_by(*ordering).limit(bindparam("limit")).offset(bindparam("offset"))
 
 
+_INSERT = insert(Task).returning(*TASK_COLUMNS)
 _TOGGLE = (
     update(Task)
     .where(Task.user_id == bindparam("owner"), Task.id == bindparam("task_id"))
@@ -119,11 +120,12 @@ class OwnedTasks:
         counted = statement.with_only_columns(func.count()).order_by(None).limit(None).offset(None)
         return [], connection.execute(counted, params).scalar() or 0
 
-    def create(self, data: TaskCreate) -> Task:
-        task = Task(user_id=self.owner_id, **data.model_dump())
-        self.session.add(task)
-        self.session.flush()
-        return task
+    def create(self, data: TaskCreate) -> dict[str, Any]:
+        """One INSERT ... RETURNING: the new task, owned by the caller whatever the body says
+        (the body cannot name an owner: TaskCreate forbids unknown fields)."""
+        now = utcnow()
+        values = {**data.model_dump(), "user_id": self.owner_id, "created_at": now, "updated_at": now}
+        return dict(zip(TASK_FIELDS, self.session.connection().execute(_INSERT, values).one(), strict=False))
 
     def replace(self, task_id: int, data: TaskCreate) -> Task:
         return self._apply(self.get(task_id), data.model_dump())

@@ -6,7 +6,7 @@ production mode (rate limits on, raised so they never answer 429):
 
 `/healthz` is measured in the same rounds as the baseline; rounds alternate between kinds
 so machine noise hits all alike, and medians are reported. `--profile KIND` prints the
-cProfile of that kind, sorted by cumulative time, for finding what to make leaner.
+cProfile of that kind (`--sort tottime` for self time), for finding what to make leaner.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--profile", choices=("healthz", "list", "create", "toggle", "me"))
+    parser.add_argument("--sort", default="cumulative", help="profile order: cumulative or tottime")
+    parser.add_argument("--top", type=int, default=45, help="profile lines to print")
     args = parser.parse_args()
 
     stamp = f"{int(time.time())}_{os.getpid()}"
@@ -114,7 +116,7 @@ def main() -> None:
             for _ in range(args.requests):
                 request(args.profile)
             profiler.disable()
-            pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(int(os.environ.get("TOP", "45")))
+            pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
             return
         results: dict[str, list[float]] = {kind: [] for kind in kinds}
         for _ in range(args.rounds):

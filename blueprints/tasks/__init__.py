@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, url_for
 
+from app import models
 from app.api import endpoint, json_response
 from app.auth import Principal, require_path_user
-from app import models
 from app.extensions import db
 from app.schemas import Task, TaskCreate, TaskListQuery, TaskPatch, TaskReplace
 from app.tasks import OwnedTasks, task_to_dict
@@ -58,8 +58,8 @@ def list_tasks(principal: Principal, query: TaskListQuery, user_id: str | None =
 def create_task(principal: Principal, body: TaskCreate, user_id: str | None = None):
     tasks = owned_tasks(principal, user_id, single_statement=True)  # one INSERT
     task = tasks.create(body)
-    location = url_for("tasks.get_task", user_id=user_id, task_id=task.id) if user_id else url_for(
-        "tasks.get_task", task_id=task.id)
+    location = url_for("tasks.get_task", user_id=user_id, task_id=task["id"]) if user_id else url_for(
+        "tasks.get_task", task_id=task["id"])
     return committed(tasks, task, 201, {"Location": location})
 
 
