@@ -11,12 +11,15 @@ lives in `app.extensions` so several apps (tests) never share an engine.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from flask import Flask, current_app, g
 from sqlalchemy import create_engine, event, exc, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Executable
 
 EXTENSION_KEY = "taskgate.db"
 AUTOCOMMIT_KEY = "taskgate.db.autocommit"
@@ -88,6 +91,40 @@ def build_engine(url: str, pool_size: int = 10, statement_timeout_ms: int = 5000
     else:
         _ping_idle_connections(engine)
     return engine
+
+
+@lru_cache(maxsize=512)
+def _compiled_sql(statement: Executable, dialect: Dialect) -> tuple[str, dict[str, Any]]:
+    """The SQL, and the values of the statement's own literals (e.g. a CASE's)."""
+    compiled = statement.compile(dialect=dialect)
+    return compiled.string, {k: v for k, v in compiled.params.items() if v is not None}
+
+
+def fetch_all(session: Session, statement: Executable, params: dict[str, Any]) -> Sequence[Any]:
+    """The rows of a Core `statement` built once (its object is the cache key) whose columns
+    need no result processing on PostgreSQL. There, SQLAlchemy compiles it once and it runs
+    straight on the psycopg cursor (prepared by the server): the hot list route skips
+    SQLAlchemy's per-execution and per-row work. Failures surface as SQLAlchemy's own
+    exceptions, and a lost connection is invalidated, as a Core execution would do.
+    Other databases get a plain Core execution."""
+    connection = session.connection()
+    dialect = connection.dialect
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        return connection.execute(statement, params).all()
+    sql, literals = _compiled_sql(statement, dialect)
+    params = {**literals, **params}
+    cursor = connection.connection.driver_connection.cursor()
+    try:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchall()
+    except dialect.loaded_dbapi.Error as error:
+        lost = dialect.is_disconnect(error, connection.connection, cursor)
+        if lost:
+            connection.invalidate(error)
+        raise exc.DBAPIError.instance(sql, params, error, dialect.loaded_dbapi.Error,
+                                      connection_invalidated=lost, dialect=dialect) from error
+    finally:
+        cursor.close()
 
 
 class Database:

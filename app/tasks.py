@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Select, String, bindparam, case, false, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
+from app.db import fetch_all
 from app.errors import NotFound
 from app.models import Task, utcnow
 from app.schemas import TaskCreate, TaskListQuery, TaskPatch
@@ -110,15 +111,14 @@ class OwnedTasks:
         if query.q:
             params["q"] = like_pattern(query.q)
         statement = _list_statement(query.status, bool(query.priority), bool(query.q), query.sort, query.order)
-        connection = self.session.connection()
-        rows = connection.execute(statement, params).all()
+        rows = fetch_all(self.session, statement, params)
         if rows:
-            return [dict(zip(TASK_FIELDS, row, strict=False)) for row in rows], rows[0].total
+            return [dict(zip(TASK_FIELDS, row, strict=False)) for row in rows], rows[0][-1]
         if query.offset == 0:
             return [], 0
         # A page past the end has no row to carry the count: count separately.
         counted = statement.with_only_columns(func.count()).order_by(None).limit(None).offset(None)
-        return [], connection.execute(counted, params).scalar() or 0
+        return [], self.session.connection().execute(counted, params).scalar() or 0
 
     def create(self, data: TaskCreate) -> dict[str, Any]:
         """One INSERT ... RETURNING: the new task, owned by the caller whatever the body says
