@@ -206,9 +206,7 @@ def _revoked(principal: Principal) -> bool:
     store = current_app.extensions.get("taskgate.revocations")
     limits = rate_limits()
     window = limits.user_window(principal.user_id) if limits is not None else None
-    if store is None:
-        if limits is not None:
-            limits.hit(window)
+    if store is None:  # rate limits need the store too (app.ratelimit): nothing to count
         return False
     revoked, count = store.check(principal, window)
     if window is not None and not revoked:

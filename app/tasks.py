@@ -35,17 +35,17 @@ TASK_COLUMNS = tuple(getattr(Task, name) for name in TASK_FIELDS)
 
 
 def task_to_dict(task: Task) -> dict[str, Any]:
-    return {
-        "id": task.id,
-        "user_id": task.user_id,
-        "title": task.title,
-        "description": task.description,
-        "completed": task.completed,
-        "priority": task.priority,
-        "due_date": task.due_date,
-        "created_at": task.created_at,
-        "updated_at": task.updated_at,
-    }
+    return {name: getattr(task, name) for name in TASK_FIELDS}
+
+
+def _row_to_dict(row: Any) -> dict[str, Any]:
+    """A row selected as TASK_COLUMNS (extra trailing columns are ignored)."""
+    return dict(zip(TASK_FIELDS, row, strict=False))
+
+
+def _require_valid_id(task_id: int) -> None:
+    if not 0 < task_id <= MAX_TASK_ID:
+        raise NotFound("No task with this id.")
 
 
 def like_pattern(text: str) -> str:
@@ -94,9 +94,8 @@ class OwnedTasks:
         return select(Task).where(Task.user_id == self.owner_id)
 
     def get(self, task_id: int) -> Task:
-        task = None
-        if 0 < task_id <= MAX_TASK_ID:
-            task = self.session.scalars(self._owned().where(Task.id == task_id)).first()
+        _require_valid_id(task_id)
+        task = self.session.scalars(self._owned().where(Task.id == task_id)).first()
         if task is None:
             raise NotFound("No task with this id.")
         return task
@@ -113,7 +112,7 @@ class OwnedTasks:
         statement = _list_statement(query.status, bool(query.priority), bool(query.q), query.sort, query.order)
         rows = fetch_all(self.session, statement, params)
         if rows:
-            return [dict(zip(TASK_FIELDS, row, strict=False)) for row in rows], rows[0][-1]
+            return [_row_to_dict(row) for row in rows], rows[0][-1]
         if query.offset == 0:
             return [], 0
         # A page past the end has no row to carry the count: count separately.
@@ -125,7 +124,7 @@ class OwnedTasks:
         (the body cannot name an owner: TaskCreate forbids unknown fields)."""
         now = utcnow()
         values = {**data.model_dump(), "user_id": self.owner_id, "created_at": now, "updated_at": now}
-        return dict(zip(TASK_FIELDS, self.session.connection().execute(_INSERT, values).one(), strict=False))
+        return _row_to_dict(self.session.connection().execute(_INSERT, values).one())
 
     def replace(self, task_id: int, data: TaskCreate) -> Task:
         return self._apply(self.get(task_id), data.model_dump())
@@ -136,13 +135,12 @@ class OwnedTasks:
     def toggle(self, task_id: int) -> dict[str, Any]:
         """Flip `completed` in one atomic statement: two toggles at once never both read the
         old value, and the route needs no transaction around a read and a write."""
-        if not 0 < task_id <= MAX_TASK_ID:
-            raise NotFound("No task with this id.")
+        _require_valid_id(task_id)
         row = self.session.connection().execute(
             _TOGGLE, {"owner": self.owner_id, "task_id": task_id, "now": utcnow()}).first()
         if row is None:
             raise NotFound("No task with this id.")
-        return dict(zip(TASK_FIELDS, row, strict=False))
+        return _row_to_dict(row)
 
     def delete(self, task_id: int) -> None:
         self.session.delete(self.get(task_id))
