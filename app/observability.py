@@ -12,6 +12,7 @@ import os
 import re
 import time
 import uuid
+from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
@@ -32,6 +33,16 @@ METRICS = (REQUESTS, LATENCY, TOKEN_FAILURES, REVOCATION_CHECKS, BACKEND_ERRORS)
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _children: dict[tuple, tuple] = {}
+_labelled: dict[tuple, Any] = {}
+
+
+def labelled(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, looked up once: `labels()` is costly on the hot path."""
+    key = (metric, labels)
+    child = _labelled.get(key)
+    if child is None:
+        child = _labelled[key] = metric.labels(*labels)
+    return child
 
 
 def _request_metrics(method: str, route: str, status: str) -> tuple:
@@ -60,7 +71,7 @@ def _finish(response: Response) -> Response:
     histogram.observe(duration)
     if response.status_code == 401 and response.mimetype == "application/problem+json":
         code = (response.get_json(silent=True) or {}).get("code", "unknown")
-        TOKEN_FAILURES.labels(code).inc()
+        labelled(TOKEN_FAILURES, code).inc()
     request_id = g.get("request_id") or uuid.uuid4().hex
     response.headers["X-Request-ID"] = request_id
     _security_headers(response, authenticated=principal is not None)

@@ -40,10 +40,10 @@ class Window:
     seconds: int
     ends_at: float
 
-    def count(self, pipe: Any) -> None:
-        """Queue this request's increment on a Redis pipeline (two replies: count, ok)."""
-        pipe.incr(self.key)
-        pipe.expire(self.key, self.seconds + 1)  # the window's number is in the key: expiry only cleans up
+    def commands(self) -> list[tuple[str, ...]]:
+        """The Redis commands that count this request (two replies: the count, then 1)."""
+        # The window's number is in the key: the expiry only cleans up.
+        return [("INCR", self.key), ("EXPIRE", self.key, str(self.seconds + 1))]
 
     def enforce(self, count: int, now: float | None = None) -> None:
         if count > self.limit:

@@ -7,7 +7,8 @@ Keys (all under REDIS_KEY_PREFIX):
     rev:sid:<sid>       every token of a session
     rev:user:<user_id>  a cutoff (epoch seconds): every token of the user with `iat` <= it
 
-Every request costs one round trip: MGET, plus the caller's rate-limit count (app.ratelimit). Every write goes to the
+Every request costs one round trip: MGET, plus the caller's rate-limit count (app.ratelimit),
+written at once on a connection its thread keeps (`_round_trip`). Every write goes to the
 audit table first (same transaction as the request), then to Redis; a Redis failure is
 a 503 and the request's transaction rolls back. When the marker is missing (Redis
 restarted empty, FLUSHALL, failover), the denylist is rebuilt from the audit table
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +28,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import hiredis
 import redis
 from flask import Flask, current_app
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,7 +43,7 @@ from app.auth import token_digest
 from app.config import ConfigError, Settings
 from app.errors import ServiceUnavailable
 from app.models import Revocation
-from app.observability import BACKEND_ERRORS, REVOCATION_CHECKS
+from app.observability import BACKEND_ERRORS, REVOCATION_CHECKS, labelled
 
 log = logging.getLogger(__name__)
 EXTENSION_KEY = "taskgate.revocations"
@@ -81,6 +87,7 @@ class RevocationStore:
         self.leeway = settings.leeway_seconds
         self.session_factory = session_factory
         self.marker = f"{self.prefix}rev:loaded"
+        self._local = threading.local()  # this thread's connection for _round_trip
 
     # --- keys and lifetimes ------------------------------------------------------
 
@@ -115,15 +122,11 @@ class RevocationStore:
         keys = [self.marker, token_key, self.key("user", principal.user_id)]
         if principal.sid:
             keys.append(self.key("session", principal.sid))
-        count = 0
+        commands = [("MGET", *keys)]
+        if window is not None:
+            commands.extend(window.commands())
         with self._redis():
-            if window is None:
-                values = self.client.mget(keys)
-            else:
-                pipe = self.client.pipeline(transaction=False)
-                pipe.mget(keys)
-                window.count(pipe)
-                values, count, _ = pipe.execute()
+            values, *replies = self._round_trip(commands)
             if values[0] is None:
                 self.rebuild()
                 values = self.client.mget(keys)
@@ -132,15 +135,42 @@ class RevocationStore:
             raise ServiceUnavailable("The revocation list is being restored; try again shortly.")
         revoked = token is not None or any(v is not None for v in session) or (
             cutoff is not None and principal.iat <= float(cutoff))
-        REVOCATION_CHECKS.labels("revoked" if revoked else "ok").inc()
-        return revoked, count
+        labelled(REVOCATION_CHECKS, "revoked" if revoked else "ok").inc()
+        return revoked, replies[0] if replies else 0
 
     def count(self, window: Any) -> int:
         """One request counted in a rate-limit window (app.ratelimit.Window), on its own."""
         with self._redis():
-            pipe = self.client.pipeline(transaction=False)
-            window.count(pipe)
-            return pipe.execute()[0]
+            return self._round_trip(window.commands())[0]
+
+    def _round_trip(self, commands: list[tuple[str, ...]]) -> list[Any]:
+        """Send `commands` in one write and read their replies: a pipeline without redis-py's
+        per-command and pool bookkeeping, which cost more CPU than the round trip itself (the
+        per-request path; bench/micro_routes.py). Each thread keeps its own connection, with
+        the client's settings (timeouts, health check). A connection that fails is closed,
+        and one fresh attempt made, as the client's Retry does; anything else closes it too,
+        so no unread reply is ever left on it."""
+        packed = [b"".join([hiredis.pack_command(command) for command in commands])]
+        connection = self._thread_connection()
+        for attempt in (1, 2):
+            try:
+                connection.send_packed_command(packed)
+                return [connection.read_response() for _ in commands]
+            except (RedisConnectionError, RedisTimeoutError):
+                connection.disconnect()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                connection.disconnect()
+                raise
+        raise AssertionError("unreachable")
+
+    def _thread_connection(self) -> Any:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():  # first use in this thread, or a forked copy
+            pool = self.client.connection_pool
+            local.connection, local.pid = pool.connection_class(**pool.connection_kwargs), os.getpid()
+        return local.connection
 
     # --- writes --------------------------------------------------------------------
 

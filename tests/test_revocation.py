@@ -159,15 +159,16 @@ def test_entries_expire_with_the_last_token_they_affect(client, store, make_toke
     assert store.client.ttl(store.key("user", "alice")) >= 604800
 
 
-def test_one_redis_command_per_authenticated_request(client, store, make_token, monkeypatch):
+def test_one_redis_round_trip_per_authenticated_request(client, store, make_token, monkeypatch):
     token = make_token("alice", sid="s-1")
     assert status(client, token) == 200  # loads the marker
-    commands = []
-    original = store.client.execute_command
-    monkeypatch.setattr(store.client, "execute_command",
-                        lambda *args, **kw: commands.append(args[0]) or original(*args, **kw))
+    round_trips = []
+    original = store._round_trip
+    monkeypatch.setattr(store, "_round_trip", lambda commands: round_trips.append(
+        [command[0] for command in commands]) or original(commands))
+    monkeypatch.setattr(store.client, "execute_command", lambda *args, **kw: pytest.fail(f"extra command {args}"))
     assert status(client, token, "/api/v1/tasks") == 200
-    assert commands == ["MGET"]
+    assert round_trips == [["MGET"]]
 
 
 def test_denylist_is_rebuilt_after_redis_loses_its_data(client, app, store, make_token, admin):
