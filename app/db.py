@@ -1,8 +1,9 @@
-"""The database: one engine per app, one session per request, committed once by the route.
+"""The database: one session per request, committed once by the route.
 
 A route that runs exactly one statement (a read, or an atomic single-statement write)
-may use `db.autocommit_session` instead: the statement commits on its own, which spares
-the BEGIN and COMMIT/ROLLBACK round trips a transaction costs on the hot routes.
+runs it with `db.rows()` instead: the statement commits on its own, on a second pool whose
+connections stay in autocommit mode. That spares the hot routes a session, the BEGIN and
+COMMIT/ROLLBACK round trips of a transaction, and switching a connection's mode.
 
 Created unbound (`Database()` in extensions.py) and bound with `init_app`; per-app state
 lives in `app.extensions` so several apps (tests) never share an engine.
@@ -25,19 +26,27 @@ EXTENSION_KEY = "taskgate.db"
 AUTOCOMMIT_KEY = "taskgate.db.autocommit"
 
 
-def engine_options(url: str, pool_size: int, statement_timeout_ms: int) -> dict[str, Any]:
+def engine_options(url: str, pool_size: int, statement_timeout_ms: int, autocommit: bool = False) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if autocommit:
+        # Every statement commits by itself: a connection never returns mid-transaction,
+        # so the pool's rollback on return has nothing to do.
+        options.update(isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     if url.startswith("sqlite"):
         # Threads of one gunicorn worker share the pool; SQLite objects are safe to
         # hand between threads as long as one thread uses a connection at a time.
-        return {"connect_args": {"check_same_thread": False, "timeout": 5}}
-    options: dict[str, Any] = {
+        return {**options, "connect_args": {"check_same_thread": False, "timeout": 5}}
+    options.update({
         # Not pool_pre_ping (a round trip on every checkout): _ping_idle_connections()
         # pings only connections that sat idle, which is where dead ones hide.
         "pool_size": pool_size,
-        "max_overflow": 2,  # the pool matches the worker's threads; a little slack for the CLI
+        # The pools match the worker's threads; the transactional one has a little slack
+        # for the CLI. Both are filled lazily: a worker serving only hot routes opens
+        # connections in the autocommit pool alone.
+        "max_overflow": 0 if autocommit else 2,
         "pool_timeout": 5,
         "pool_recycle": 1800,
-    }
+    })
     if url.startswith("postgresql"):
         options["connect_args"] = {
             "connect_timeout": 5,
@@ -84,8 +93,8 @@ def _ping_idle_connections(engine: Engine) -> None:
     event.listen(engine, "checkout", ping_if_idle)
 
 
-def build_engine(url: str, pool_size: int = 10, statement_timeout_ms: int = 5000) -> Engine:
-    engine = create_engine(url, **engine_options(url, pool_size, statement_timeout_ms))
+def build_engine(url: str, pool_size: int = 10, statement_timeout_ms: int = 5000, autocommit: bool = False) -> Engine:
+    engine = create_engine(url, **engine_options(url, pool_size, statement_timeout_ms, autocommit))
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
@@ -94,37 +103,56 @@ def build_engine(url: str, pool_size: int = 10, statement_timeout_ms: int = 5000
 
 
 @lru_cache(maxsize=512)
-def _compiled_sql(statement: Executable, dialect: Dialect) -> tuple[str, dict[str, Any]]:
-    """The SQL, and the values of the statement's own literals (e.g. a CASE's)."""
+def _direct_sql(statement: Executable, dialect: Dialect) -> tuple[str, dict[str, Any]] | None:
+    """For a SELECT whose parameters need no conversion, the SQL and the values of its own
+    literals (e.g. a CASE's), to run straight on the driver; None for anything else."""
+    if not getattr(statement, "is_select", False):
+        return None
     compiled = statement.compile(dialect=dialect)
+    if any(bind.type.bind_processor(dialect) is not None for bind in compiled.binds.values()):
+        return None
     return compiled.string, {k: v for k, v in compiled.params.items() if v is not None}
 
 
-def fetch_all(session: Session, statement: Executable, params: dict[str, Any]) -> Sequence[Any]:
-    """The rows of a Core `statement` built once (its object is the cache key) whose columns
-    need no result processing on PostgreSQL. There, SQLAlchemy compiles it once and it runs
-    straight on the psycopg cursor (prepared by the server): the hot list route skips
-    SQLAlchemy's per-execution and per-row work. Failures surface as SQLAlchemy's own
-    exceptions, and a lost connection is invalidated, as a Core execution would do.
-    Other databases get a plain Core execution."""
-    connection = session.connection()
-    dialect = connection.dialect
-    if dialect.name != "postgresql" or dialect.driver != "psycopg":
-        return connection.execute(statement, params).all()
-    sql, literals = _compiled_sql(statement, dialect)
-    params = {**literals, **params}
-    cursor = connection.connection.driver_connection.cursor()
-    try:
-        cursor.execute(sql, params, prepare=True)
-        return cursor.fetchall()
-    except dialect.loaded_dbapi.Error as error:
-        lost = dialect.is_disconnect(error, connection.connection, cursor)
-        if lost:
-            connection.invalidate(error)
-        raise exc.DBAPIError.instance(sql, params, error, dialect.loaded_dbapi.Error,
-                                      connection_invalidated=lost, dialect=dialect) from error
-    finally:
-        cursor.close()
+class Statements:
+    """Single statements in autocommit mode, each on a connection checked out for it alone."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        dialect = engine.dialect
+        self.direct = dialect.name == "postgresql" and dialect.driver == "psycopg"
+
+    def rows(self, statement: Executable, params: dict[str, Any]) -> Sequence[Any]:
+        """The rows of a Core `statement` built once (its object is a cache key).
+
+        On PostgreSQL a SELECT whose columns need no result processing runs straight on the
+        psycopg cursor, compiled once and prepared by the server: the hot list route skips
+        SQLAlchemy's per-execution and per-row work. Failures surface as SQLAlchemy's own
+        exceptions, and a lost connection is invalidated, as a Core execution would do.
+        Anything else is a plain Core execution."""
+        direct = _direct_sql(statement, self.engine.dialect) if self.direct else None
+        if direct is None:
+            with self.engine.connect() as connection:
+                return connection.execute(statement, params).all()
+        sql, literals = direct
+        params = {**literals, **params}
+        dialect = self.engine.dialect
+        connection = self.engine.raw_connection()  # a pool checkout: an idle one is pinged first
+        cursor = None
+        try:
+            cursor = connection.driver_connection.cursor()
+            cursor.execute(sql, params, prepare=True)
+            return cursor.fetchall()
+        except dialect.loaded_dbapi.Error as error:
+            lost = dialect.is_disconnect(error, connection, cursor)
+            if lost:
+                connection.invalidate(error)
+            raise exc.DBAPIError.instance(sql, params, error, dialect.loaded_dbapi.Error,
+                                          connection_invalidated=lost, dialect=dialect) from error
+        finally:
+            if cursor is not None:
+                cursor.close()
+            connection.close()
 
 
 class Database:
@@ -134,8 +162,8 @@ class Database:
             settings.database_url, settings.db_pool_size, settings.db_statement_timeout_ms
         )
         app.extensions[EXTENSION_KEY] = sessionmaker(engine, expire_on_commit=False)
-        app.extensions[AUTOCOMMIT_KEY] = sessionmaker(
-            engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+        app.extensions[AUTOCOMMIT_KEY] = Statements(build_engine(
+            settings.database_url, settings.db_pool_size, settings.db_statement_timeout_ms, autocommit=True))
         app.teardown_appcontext(self._close_session)
 
     @property
@@ -145,20 +173,21 @@ class Database:
     @property
     def session(self) -> Session:
         """The request's transaction: the route commits it once."""
-        return self._request_session(EXTENSION_KEY)
+        session = g.get("_db_session")
+        if session is None:
+            session = g._db_session = current_app.extensions[EXTENSION_KEY]()
+        return session
 
-    @property
-    def autocommit_session(self) -> Session:
-        """For one statement that commits by itself; never for two that must agree."""
-        return self._request_session(AUTOCOMMIT_KEY)
+    def rows(self, statement: Executable, params: dict[str, Any]) -> Sequence[Any]:
+        """One statement that commits by itself (see Statements.rows); never for two that
+        must agree, nor inside the request's transaction."""
+        return current_app.extensions[AUTOCOMMIT_KEY].rows(statement, params)
 
     @staticmethod
-    def _request_session(factory_key: str) -> Session:
-        sessions = g.setdefault("_db_sessions", {})
-        session = sessions.get(factory_key)
-        if session is None:
-            session = sessions[factory_key] = current_app.extensions[factory_key]()
-        return session
+    def dispose(app: Flask) -> None:
+        """Close every pooled connection of `app`'s two pools (tests; a process that is done)."""
+        app.extensions[EXTENSION_KEY].kw["bind"].dispose()
+        app.extensions[AUTOCOMMIT_KEY].engine.dispose()
 
     def ping(self) -> None:
         with self.engine.connect() as connection:
@@ -167,5 +196,6 @@ class Database:
     @staticmethod
     def _close_session(_exc: BaseException | None) -> None:
         # Anything not committed by the route is rolled back here.
-        for session in g.pop("_db_sessions", {}).values():
+        session = g.pop("_db_session", None)
+        if session is not None:
             session.close()

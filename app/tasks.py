@@ -1,8 +1,10 @@
 """Task data access, always scoped to one owner.
 
-`OwnedTasks(session, owner_id)` is the only way routes reach tasks: every query it runs
+`OwnedTasks(db, owner_id)` is the only way routes reach tasks: every query it runs
 filters on the owner, so another user's task is indistinguishable from a missing one and
-a new route cannot forget the check. Nothing here commits: the route commits once.
+a new route cannot forget the check. Reads and atomic single-statement writes (list, read,
+create, toggle) run as statements that commit by themselves (`db.rows`); the others work
+in the request's session, and the route commits it once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 from sqlalchemy import Select, String, bindparam, case, false, func, insert, select, true, update
 from sqlalchemy.orm import Session
 
-from app.db import fetch_all
+from app.db import Database
 from app.errors import NotFound
 from app.models import Task, utcnow
 from app.schemas import TaskCreate, TaskListQuery, TaskPatch
@@ -75,6 +77,7 @@ def _list_statement(status: str, by_priority: bool, by_text: bool, sort: str, or
     return statement.order_by(*ordering).limit(bindparam("limit")).offset(bindparam("offset"))
 
 
+_READ = select(*TASK_COLUMNS).where(Task.user_id == bindparam("owner"), Task.id == bindparam("task_id"))
 _INSERT = insert(Task).returning(*TASK_COLUMNS)
 _TOGGLE = (
     update(Task)
@@ -85,15 +88,29 @@ _TOGGLE = (
 
 
 class OwnedTasks:
-    def __init__(self, session: Session, owner_id: str) -> None:
-        self.session = session
+    def __init__(self, database: Database, owner_id: str) -> None:
+        self.database = database
         self.owner_id = owner_id
+
+    @property
+    def session(self) -> Session:
+        """The request's transaction (only the multi-statement operations open it)."""
+        return self.database.session
 
     def _owned(self) -> Select[tuple[Task]]:
         # Every query starts here or filters on the owner the same way (see list()).
         return select(Task).where(Task.user_id == self.owner_id)
 
+    def read(self, task_id: int) -> dict[str, Any]:
+        """One task as a dict, in one statement."""
+        _require_valid_id(task_id)
+        rows = self.database.rows(_READ, {"owner": self.owner_id, "task_id": task_id})
+        if not rows:
+            raise NotFound("No task with this id.")
+        return _row_to_dict(rows[0])
+
     def get(self, task_id: int) -> Task:
+        """One task as an ORM object in the request's session, to change it."""
         _require_valid_id(task_id)
         task = self.session.scalars(self._owned().where(Task.id == task_id)).first()
         if task is None:
@@ -110,21 +127,21 @@ class OwnedTasks:
         if query.q:
             params["q"] = like_pattern(query.q)
         statement = _list_statement(query.status, bool(query.priority), bool(query.q), query.sort, query.order)
-        rows = fetch_all(self.session, statement, params)
+        rows = self.database.rows(statement, params)
         if rows:
             return [_row_to_dict(row) for row in rows], rows[0][-1]
         if query.offset == 0:
             return [], 0
         # A page past the end has no row to carry the count: count separately.
         counted = statement.with_only_columns(func.count()).order_by(None).limit(None).offset(None)
-        return [], self.session.connection().execute(counted, params).scalar() or 0
+        return [], self.database.rows(counted, params)[0][0] or 0
 
     def create(self, data: TaskCreate) -> dict[str, Any]:
         """One INSERT ... RETURNING: the new task, owned by the caller whatever the body says
         (the body cannot name an owner: TaskCreate forbids unknown fields)."""
         now = utcnow()
         values = {**data.model_dump(), "user_id": self.owner_id, "created_at": now, "updated_at": now}
-        return _row_to_dict(self.session.connection().execute(_INSERT, values).one())
+        return _row_to_dict(self.database.rows(_INSERT, values)[0])
 
     def replace(self, task_id: int, data: TaskCreate) -> Task:
         return self._apply(self.get(task_id), data.model_dump())
@@ -136,11 +153,10 @@ class OwnedTasks:
         """Flip `completed` in one atomic statement: two toggles at once never both read the
         old value, and the route needs no transaction around a read and a write."""
         _require_valid_id(task_id)
-        row = self.session.connection().execute(
-            _TOGGLE, {"owner": self.owner_id, "task_id": task_id, "now": utcnow()}).first()
-        if row is None:
+        rows = self.database.rows(_TOGGLE, {"owner": self.owner_id, "task_id": task_id, "now": utcnow()})
+        if not rows:
             raise NotFound("No task with this id.")
-        return _row_to_dict(row)
+        return _row_to_dict(rows[0])
 
     def delete(self, task_id: int) -> None:
         self.session.delete(self.get(task_id))

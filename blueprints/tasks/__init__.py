@@ -29,26 +29,25 @@ def route(method: str, rules: tuple[str, ...]):
     return decorator
 
 
-def owned_tasks(principal: Principal, user_id: str | None, *, single_statement: bool = False) -> OwnedTasks:
-    """The caller's tasks. `single_statement`: the route runs one statement, which commits
-    by itself (db.autocommit_session); otherwise its statements share one transaction."""
+def owned_tasks(principal: Principal, user_id: str | None) -> OwnedTasks:
+    """The caller's tasks (for `/api/<user_id>/…`, only if the path names the caller)."""
     if user_id is not None:
         require_path_user(principal, user_id)
-    return OwnedTasks(db.autocommit_session if single_statement else db.session, principal.user_id)
+    return OwnedTasks(db, principal.user_id)
 
 
-def committed(tasks: OwnedTasks, task: models.Task | dict, status: int = 200,
-              headers: dict[str, str] | None = None) -> Response:
-    body = task if isinstance(task, dict) else task_to_dict(task)
-    tasks.session.commit()
-    return json_response(body, status, headers)
+def committed(task: models.Task) -> Response:
+    """The request's transaction committed, once, and the task it changed."""
+    body = task_to_dict(task)
+    db.session.commit()
+    return json_response(body)
 
 
 @route("GET", COLLECTION)
 @endpoint(summary="List my tasks", tag="tasks", query=TaskListQuery, response=list[Task],
           errors=(403,), headers={"X-Total-Count": "Number of tasks matching the filters"})
 def list_tasks(principal: Principal, query: TaskListQuery, user_id: str | None = None):
-    tasks, total = owned_tasks(principal, user_id, single_statement=True).list(query)
+    tasks, total = owned_tasks(principal, user_id).list(query)
     return json_response(tasks, headers={"X-Total-Count": str(total)})
 
 
@@ -56,33 +55,30 @@ def list_tasks(principal: Principal, query: TaskListQuery, user_id: str | None =
 @endpoint(summary="Create a task", tag="tasks", body=TaskCreate, response=Task, status=201,
           errors=(403,), headers={"Location": "URL of the new task"})
 def create_task(principal: Principal, body: TaskCreate, user_id: str | None = None):
-    tasks = owned_tasks(principal, user_id, single_statement=True)  # one INSERT
-    task = tasks.create(body)
+    task = owned_tasks(principal, user_id).create(body)  # one INSERT, committed by itself
     location = url_for("tasks.get_task", user_id=user_id, task_id=task["id"]) if user_id else url_for(
         "tasks.get_task", task_id=task["id"])
-    return committed(tasks, task, 201, {"Location": location})
+    return json_response(task, 201, {"Location": location})
 
 
 @route("GET", ITEM)
 @endpoint(summary="Get one of my tasks", tag="tasks", response=Task, errors=(403, 404))
 def get_task(principal: Principal, task_id: int, user_id: str | None = None):
-    return json_response(task_to_dict(owned_tasks(principal, user_id, single_statement=True).get(task_id)))
+    return json_response(owned_tasks(principal, user_id).read(task_id))
 
 
 @route("PUT", ITEM)
 @endpoint(summary="Replace a task (title required)", tag="tasks", body=TaskReplace, response=Task,
           errors=(403, 404))
 def replace_task(principal: Principal, task_id: int, body: TaskReplace, user_id: str | None = None):
-    tasks = owned_tasks(principal, user_id)
-    return committed(tasks, tasks.replace(task_id, body))
+    return committed(owned_tasks(principal, user_id).replace(task_id, body))
 
 
 @route("PATCH", ITEM)
 @endpoint(summary="Update some fields of a task", tag="tasks", body=TaskPatch, response=Task,
           errors=(403, 404))
 def patch_task(principal: Principal, task_id: int, body: TaskPatch, user_id: str | None = None):
-    tasks = owned_tasks(principal, user_id)
-    return committed(tasks, tasks.patch(task_id, body))
+    return committed(owned_tasks(principal, user_id).patch(task_id, body))
 
 
 @route("DELETE", ITEM)
@@ -96,5 +92,4 @@ def delete_task(principal: Principal, task_id: int, user_id: str | None = None):
 @route("PATCH", COMPLETE)
 @endpoint(summary="Toggle a task's completed flag", tag="tasks", response=Task, errors=(403, 404))
 def toggle_task(principal: Principal, task_id: int, user_id: str | None = None):
-    tasks = owned_tasks(principal, user_id, single_statement=True)  # one UPDATE ... RETURNING
-    return committed(tasks, tasks.toggle(task_id))
+    return json_response(owned_tasks(principal, user_id).toggle(task_id))  # one UPDATE, committed by itself

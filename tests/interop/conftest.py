@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from app import create_app
+from app.extensions import db
 from tests.interop.issuer import BetterAuthIssuer
 
 pytestmark = pytest.mark.integration
@@ -50,4 +51,4 @@ def taskgate(database_url: str):
 
     yield build
     for app in apps:
-        app.extensions["taskgate.db"].kw["bind"].dispose()
+        db.dispose(app)
