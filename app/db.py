@@ -12,7 +12,8 @@ lives in `app.extensions` so several apps (tests) never share an engine.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -102,16 +103,29 @@ def build_engine(url: str, pool_size: int = 10, statement_timeout_ms: int = 5000
     return engine
 
 
+@dataclass(frozen=True)
+class DirectSQL:
+    sql: str
+    literals: dict[str, Any]  # the values of the statement's own literals (e.g. a CASE's)
+    processors: dict[str, Callable[[Any], Any]]  # the parameters' type conversions (e.g. UTCDateTime)
+
+
 @lru_cache(maxsize=512)
-def _direct_sql(statement: Executable, dialect: Dialect) -> tuple[str, dict[str, Any]] | None:
-    """For a SELECT whose parameters need no conversion, the SQL and the values of its own
-    literals (e.g. a CASE's), to run straight on the driver; None for anything else."""
-    if not getattr(statement, "is_select", False):
+def _direct_sql(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> DirectSQL | None:
+    """A statement that returns rows (a SELECT, or a write with RETURNING) compiled once for
+    the parameter names `keys`; None if any returned column needs result processing, which
+    only a Core execution applies."""
+    if getattr(statement, "is_select", False):
+        columns = list(statement.selected_columns)
+    else:
+        columns = [column["expr"] for column in getattr(statement, "returning_column_descriptions", ())]
+    if not columns or any(column.type.result_processor(dialect, None) is not None for column in columns):
         return None
-    compiled = statement.compile(dialect=dialect)
-    if any(bind.type.bind_processor(dialect) is not None for bind in compiled.binds.values()):
-        return None
-    return compiled.string, {k: v for k, v in compiled.params.items() if v is not None}
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+    processors = {name: processor for name, bind in compiled.binds.items()
+                  if (processor := bind.type.bind_processor(dialect)) is not None}
+    literals = {k: v for k, v in compiled.params.items() if v is not None and k not in keys}
+    return DirectSQL(compiled.string, literals, processors)
 
 
 class Statements:
@@ -125,17 +139,21 @@ class Statements:
     def rows(self, statement: Executable, params: dict[str, Any]) -> Sequence[Any]:
         """The rows of a Core `statement` built once (its object is a cache key).
 
-        On PostgreSQL a SELECT whose columns need no result processing runs straight on the
-        psycopg cursor, compiled once and prepared by the server: the hot list route skips
+        On PostgreSQL a statement whose returned columns need no result processing runs
+        straight on the psycopg cursor, compiled once (the parameters converted by their
+        types, as SQLAlchemy would) and prepared by the server: the hot routes skip
         SQLAlchemy's per-execution and per-row work. Failures surface as SQLAlchemy's own
         exceptions, and a lost connection is invalidated, as a Core execution would do.
         Anything else is a plain Core execution."""
-        direct = _direct_sql(statement, self.engine.dialect) if self.direct else None
+        direct = _direct_sql(statement, self.engine.dialect, tuple(sorted(params))) if self.direct else None
         if direct is None:
             with self.engine.connect() as connection:
                 return connection.execute(statement, params).all()
-        sql, literals = direct
-        params = {**literals, **params}
+        sql = direct.sql
+        params = {**direct.literals, **params}
+        for name, process in direct.processors.items():
+            if name in params:
+                params[name] = process(params[name])
         dialect = self.engine.dialect
         connection = self.engine.raw_connection()  # a pool checkout: an idle one is pinged first
         cursor = None
