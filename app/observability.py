@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -55,10 +54,14 @@ def _request_metrics(method: str, route: str, status: str) -> tuple:
     return children
 
 
+def _new_request_id() -> str:
+    return os.urandom(16).hex()  # 32 hex digits, as uuid4().hex, without building a UUID
+
+
 def _start() -> None:
     g.started = time.perf_counter()
     incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.request_id = incoming if REQUEST_ID.match(incoming) else _new_request_id()
 
 
 def _finish(response: Response) -> Response:
@@ -72,7 +75,7 @@ def _finish(response: Response) -> Response:
     if response.status_code == 401 and response.mimetype == "application/problem+json":
         code = (response.get_json(silent=True) or {}).get("code", "unknown")
         labelled(TOKEN_FAILURES, code).inc()
-    request_id = g.get("request_id") or uuid.uuid4().hex
+    request_id = g.get("request_id") or _new_request_id()
     response.headers["X-Request-ID"] = request_id
     _security_headers(response, authenticated=principal is not None)
     access_log.info("request", extra={"fields": {
@@ -87,17 +90,30 @@ def _finish(response: Response) -> Response:
     return response
 
 
+# Set on every response unless the route set its own (one pass over the headers: werkzeug's
+# setdefault scans them once per call).
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+)
+
+
 def _security_headers(response: Response, authenticated: bool) -> None:
     headers = response.headers
-    response.vary.add("Origin")  # CORS headers depend on it; keep shared caches honest
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Referrer-Policy", "no-referrer")
-    headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+    present = {name.lower(): value for name, value in headers.items()}
+    missing = [(name, value) for name, value in SECURITY_HEADERS if name.lower() not in present]
+    vary = present.get("vary")
+    if vary is None:
+        missing.append(("Vary", "Origin"))  # CORS headers depend on it; keep shared caches honest
+    elif "origin" not in {part.strip().lower() for part in vary.split(",")}:
+        headers["Vary"] = f"{vary}, Origin"
+    if request.is_secure and "strict-transport-security" not in present:  # HTTPS, directly or via a trusted proxy
+        missing.append(("Strict-Transport-Security", "max-age=63072000; includeSubDomains"))
+    headers.extend(missing)
     if authenticated or request.headers.get("Authorization") or response.status_code >= 400:
         headers["Cache-Control"] = "no-store"
-    if request.is_secure:  # behind HTTPS (directly, or a trusted proxy's X-Forwarded-Proto)
-        headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
 
 
 def metrics_view() -> Response:

@@ -106,3 +106,20 @@ def test_client_chosen_methods_do_not_grow_metric_labels(client):
         client.open("/healthz", method=method)
     text = client.get("/metrics").get_data(as_text=True)
     assert 'method="OTHER"' in text and "FOO" not in text and "BAR" not in text
+
+
+def test_security_headers_keep_what_a_route_set(app):
+    from flask import Response
+
+    from app.observability import _security_headers
+
+    with app.test_request_context("/anything"):
+        response = Response("x", headers={"x-frame-options": "SAMEORIGIN", "Vary": "Accept-Encoding"})
+        _security_headers(response, authenticated=False)
+        again = Response("y", headers={"Vary": "origin"})
+        _security_headers(again, authenticated=True)
+    assert response.headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    assert response.headers["Vary"] == "Accept-Encoding, Origin"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Cache-Control" not in response.headers
+    assert again.headers.getlist("Vary") == ["origin"] and again.headers["Cache-Control"] == "no-store"
