@@ -155,7 +155,13 @@ class Statements:
             if name in params:
                 params[name] = process(params[name])
         dialect = self.engine.dialect
-        connection = self.engine.raw_connection()  # a pool checkout: an idle one is pinged first
+        try:
+            connection = self.engine.raw_connection()  # a pool checkout: an idle one is pinged first
+        except dialect.loaded_dbapi.Error as error:
+            # A new connection that could not be made: wrapped as a Core execution would do
+            # it (OperationalError: the database is unreachable, a 503).
+            raise exc.DBAPIError.instance(None, None, error, dialect.loaded_dbapi.Error,
+                                          dialect=dialect) from error
         cursor = None
         try:
             cursor = connection.driver_connection.cursor()

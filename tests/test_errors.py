@@ -79,3 +79,24 @@ def db_down():
     from sqlalchemy.exc import OperationalError
 
     raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/api/v1/tasks", None), ("POST", "/api/v1/tasks", {"title": "t"}), ("GET", "/api/v1/tasks/1", None),
+    ("PATCH", "/api/v1/tasks/1/complete", None), ("PATCH", "/api/v1/tasks/1", {"title": "t"}),
+    ("DELETE", "/api/v1/tasks/1", None),
+])
+def test_a_database_that_refuses_connections_is_a_503_on_every_task_route(method, path, body, as_user):
+    """No pooled connection to fall back on: each pool's first connect fails (both pools, both paths)."""
+    from app import create_app
+    from app.revocation import revocations
+    from tests.conftest import SECRET
+
+    app = create_app({"APP_ENV": "testing", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",
+                      "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": "", "BETTER_AUTH_URL": "", "JWKS_URL": "",
+                      "JWT_ALGORITHMS": "", "ADMIN_USER_IDS": ""})
+    with app.app_context():
+        store = revocations()
+        store.client.set(store.marker, "1")  # the denylist is loaded: only the task statement needs the database
+    response = app.test_client().open(path, method=method, json=body, headers=as_user("alice"))
+    assert_problem(response, 503, "service_unavailable")
