@@ -11,7 +11,7 @@ this file and wins over everything here):
                                 replaces 0.0.0.0:$PORT when set
   GUNICORN_WORKER_CLASS         worker class                         (gthread)
   GUNICORN_WORKERS              worker processes     (2 x CPUs available, at least 2)
-  GUNICORN_THREADS              threads per worker                   (3)
+  GUNICORN_THREADS              threads per worker                   (2)
   GUNICORN_WORKER_CONNECTIONS   max open connections per worker      (2000)
   GUNICORN_KEEPALIVE            keep-alive idle timeout, seconds     (5)
   GUNICORN_TIMEOUT              worker silent timeout, seconds       (30)
@@ -104,16 +104,15 @@ backlog = _env_int("GUNICORN_BACKLOG", 2048, minimum=1)
 # connections evenly between workers, so one worker alone must be able to hold
 # the 1000 concurrent connections the service has to sustain: hence 2000.
 worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread") or "gthread"
-# Two per CPU, three threads each: one gthread worker is one GIL-bound process, and while
+# Two per CPU, two threads each: one gthread worker is one GIL-bound process, and while
 # its threads wait on PostgreSQL and Redis it cannot keep a core busy, so one per CPU is
 # too few; past that, every extra process and thread is more switching between them on
-# the same cores, while too few threads leave requests queued behind those waiting on a
-# round trip. Measured with bench/run.py on 2 cores and 1000 connections (bench/RESULTS.md):
-# 4 workers served more mixed load than 6x4 (the previous default) in every sweep, and of
-# 4x2, 4x3 and 4x4, 4x3 met every target in full runs (1000 req/s: p95 28 ms, p99 49 ms)
-# where 4x2 kept capacity but missed the tail (p95 57-78 ms in two of three runs).
+# the same cores. Measured with bench/run.py on 2 cores and 1000 connections
+# (bench/RESULTS.md): 4 workers served more mixed load than 6x4 (the previous default) in
+# every sweep; in three full runs each, 4x2 did better than 4x3 at the median and at the
+# worst (mixed 41.9% vs 41.6%, /me 78.3% vs 74.7%, 1000 req/s p95 57 ms vs 450 ms).
 workers = _env_int("GUNICORN_WORKERS", max(2, 2 * _cpus_available()), minimum=1)
-threads = _env_int("GUNICORN_THREADS", 3, minimum=1)
+threads = _env_int("GUNICORN_THREADS", 2, minimum=1)
 worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 2000, minimum=1)
 
 keepalive = _env_int("GUNICORN_KEEPALIVE", 5)

@@ -269,8 +269,8 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
         max_content_length=_int(env, "MAX_CONTENT_LENGTH", 64 * 1024, minimum=1024),
         redis_socket_timeout=_float(env, "REDIS_SOCKET_TIMEOUT", 0.5),
         redis_key_prefix=env.get("REDIS_KEY_PREFIX", "taskgate:"),
-        # One connection per request thread (gunicorn.conf.py: 3 threads per worker).
-        db_pool_size=_int(env, "DB_POOL_SIZE", _int(env, "GUNICORN_THREADS", 3, minimum=1), minimum=1),
+        # One connection per request thread (gunicorn.conf.py: 2 threads per worker).
+        db_pool_size=_int(env, "DB_POOL_SIZE", _int(env, "GUNICORN_THREADS", 2, minimum=1), minimum=1),
         db_statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1),
         log_level=(env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
         rate_limits_enabled=_bool(env, "RATE_LIMITS_ENABLED", not app_env == "testing"),
