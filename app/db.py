@@ -155,20 +155,16 @@ class Statements:
             if name in params:
                 params[name] = process(params[name])
         dialect = self.engine.dialect
+        connection = cursor = None
         try:
             connection = self.engine.raw_connection()  # a pool checkout: an idle one is pinged first
-        except dialect.loaded_dbapi.Error as error:
-            # A new connection that could not be made: wrapped as a Core execution would do
-            # it (OperationalError: the database is unreachable, a 503).
-            raise exc.DBAPIError.instance(None, None, error, dialect.loaded_dbapi.Error,
-                                          dialect=dialect) from error
-        cursor = None
-        try:
             cursor = connection.driver_connection.cursor()
             cursor.execute(sql, params, prepare=True)
             return cursor.fetchall()
         except dialect.loaded_dbapi.Error as error:
-            lost = dialect.is_disconnect(error, connection, cursor)
+            # Wrapped as a Core execution would do it (OperationalError, e.g. the database
+            # refused a new connection: a 503), invalidating a connection that was lost.
+            lost = connection is not None and dialect.is_disconnect(error, connection, cursor)
             if lost:
                 connection.invalidate(error)
             raise exc.DBAPIError.instance(sql, params, error, dialect.loaded_dbapi.Error,
@@ -176,7 +172,8 @@ class Statements:
         finally:
             if cursor is not None:
                 cursor.close()
-            connection.close()
+            if connection is not None:
+                connection.close()
 
 
 class Database:

@@ -31,7 +31,6 @@ METRICS = (REQUESTS, LATENCY, TOKEN_FAILURES, REVOCATION_CHECKS, BACKEND_ERRORS)
 
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_children: dict[tuple, tuple] = {}
 _labelled: dict[tuple, Any] = {}
 
 
@@ -42,16 +41,6 @@ def labelled(metric: Any, *labels: str) -> Any:
     if child is None:
         child = _labelled[key] = metric.labels(*labels)
     return child
-
-
-def _request_metrics(method: str, route: str, status: str) -> tuple:
-    """The labelled children, looked up once per (method, route, status): `labels()` is
-    costly on the hot path."""
-    key = (method, route, status)
-    children = _children.get(key)
-    if children is None:
-        children = _children[key] = (REQUESTS.labels(method, route, status), LATENCY.labels(method, route))
-    return children
 
 
 def _new_request_id() -> str:
@@ -69,9 +58,8 @@ def _finish(response: Response) -> Response:
     route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
     principal = g.get("principal")
     method = request.method if request.method in KNOWN_METHODS else "OTHER"  # clients pick it: bound it
-    counter, histogram = _request_metrics(method, route, str(response.status_code))
-    counter.inc()
-    histogram.observe(duration)
+    labelled(REQUESTS, method, route, str(response.status_code)).inc()
+    labelled(LATENCY, method, route).observe(duration)
     if response.status_code == 401 and response.mimetype == "application/problem+json":
         code = (response.get_json(silent=True) or {}).get("code", "unknown")
         labelled(TOKEN_FAILURES, code).inc()

@@ -152,18 +152,19 @@ class RevocationStore:
         so no unread reply is ever left on it."""
         packed = [b"".join([hiredis.pack_command(command) for command in commands])]
         connection = self._thread_connection()
-        for attempt in (1, 2):
-            try:
-                connection.send_packed_command(packed)
-                return [connection.read_response() for _ in commands]
-            except (RedisConnectionError, RedisTimeoutError):
-                connection.disconnect()
-                if attempt == 2:
-                    raise
-            except BaseException:
-                connection.disconnect()
-                raise
-        raise AssertionError("unreachable")
+        try:
+            return self._exchange(connection, packed, len(commands))
+        except (RedisConnectionError, RedisTimeoutError):
+            return self._exchange(connection, packed, len(commands))  # reconnects: it was closed
+
+    @staticmethod
+    def _exchange(connection: Any, packed: list[bytes], replies: int) -> list[Any]:
+        try:
+            connection.send_packed_command(packed)
+            return [connection.read_response() for _ in range(replies)]
+        except BaseException:
+            connection.disconnect()
+            raise
 
     def _thread_connection(self) -> Any:
         local = self._local

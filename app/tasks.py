@@ -50,6 +50,13 @@ def _require_valid_id(task_id: int) -> None:
         raise NotFound("No task with this id.")
 
 
+def _the_task(rows: Any) -> dict[str, Any]:
+    """The one task a statement on the owner's task returned, or 404."""
+    if not rows:
+        raise NotFound("No task with this id.")
+    return _row_to_dict(rows[0])
+
+
 def like_pattern(text: str) -> str:
     """`text` for a LIKE ... ESCAPE '/' comparison, matching its characters literally."""
     return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
@@ -104,10 +111,7 @@ class OwnedTasks:
     def read(self, task_id: int) -> dict[str, Any]:
         """One task as a dict, in one statement."""
         _require_valid_id(task_id)
-        rows = self.database.rows(_READ, {"owner": self.owner_id, "task_id": task_id})
-        if not rows:
-            raise NotFound("No task with this id.")
-        return _row_to_dict(rows[0])
+        return _the_task(self.database.rows(_READ, {"owner": self.owner_id, "task_id": task_id}))
 
     def get(self, task_id: int) -> Task:
         """One task as an ORM object in the request's session, to change it."""
@@ -153,10 +157,7 @@ class OwnedTasks:
         """Flip `completed` in one atomic statement: two toggles at once never both read the
         old value, and the route needs no transaction around a read and a write."""
         _require_valid_id(task_id)
-        rows = self.database.rows(_TOGGLE, {"owner": self.owner_id, "task_id": task_id, "now": utcnow()})
-        if not rows:
-            raise NotFound("No task with this id.")
-        return _row_to_dict(rows[0])
+        return _the_task(self.database.rows(_TOGGLE, {"owner": self.owner_id, "task_id": task_id, "now": utcnow()}))
 
     def delete(self, task_id: int) -> None:
         self.session.delete(self.get(task_id))
