@@ -53,9 +53,12 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     init_rate_limits(app)
     init_token_policy(jwt, app)
     # Bearer tokens, not cookies: no credentials, so no cookie can ride along cross-origin.
+    # CORS headers only answer a browser's Origin: flask-cors would otherwise list every
+    # allowed origin on every response (always_send), telling any caller the frontend's hosts.
     cors.init_app(
         app,
         origins=list(settings.cors_origins),
+        always_send=False,
         supports_credentials=False,
         allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         expose_headers=["Location", "X-Total-Count", "X-Request-ID", "Retry-After"],

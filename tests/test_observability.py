@@ -93,6 +93,17 @@ class TestCors:
         assert response.headers["Access-Control-Max-Age"] == "600"
         assert "Access-Control-Allow-Credentials" not in response.headers
 
+    def test_a_request_from_the_allowed_origin_may_read_the_answer(self, client, as_user):
+        response = client.get("/api/v1/tasks", headers={**as_user("alice"), "Origin": "https://app.example.com"})
+        assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert "X-Total-Count" in response.headers["Access-Control-Expose-Headers"]
+
+    def test_a_request_without_an_origin_gets_no_cors_headers(self, client, as_user):
+        # Not a browser's cross-origin request: nothing to allow, and no list of the allowed origins.
+        response = client.get("/api/v1/tasks", headers=as_user("alice"))
+        assert not [name for name in response.headers.keys() if name.lower().startswith("access-control-")]
+        assert "Origin" in response.headers["Vary"]
+
     @pytest.mark.parametrize("origin", ["https://evil.example.com", "https://app.example.com.evil.net",
                                         "http://app.example.com"])
     def test_other_origins_get_no_cors_headers(self, client, as_user, origin):
@@ -109,17 +120,19 @@ def test_client_chosen_methods_do_not_grow_metric_labels(client):
 
 
 def test_security_headers_keep_what_a_route_set(app):
-    from flask import Response
+    from flask import Response, request
 
     from app.observability import _security_headers
 
     with app.test_request_context("/anything"):
-        response = Response("x", headers={"x-frame-options": "SAMEORIGIN", "Vary": "Accept-Encoding"})
-        _security_headers(response, authenticated=False)
-        again = Response("y", headers={"Vary": "origin"})
-        _security_headers(again, authenticated=True)
+        response = Response("x", headers={"x-frame-options": "SAMEORIGIN", "Vary": "Accept-Encoding",
+                                          "X-Request-ID": "from-the-route"})
+        _security_headers(response, request, authenticated=False, request_id="rid-1")
+        again = Response("y", headers={"Vary": "origin", "Cache-Control": "max-age=60"})
+        _security_headers(again, request, authenticated=True, request_id="rid-2")
     assert response.headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
     assert response.headers["Vary"] == "Accept-Encoding, Origin"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert "Cache-Control" not in response.headers
-    assert again.headers.getlist("Vary") == ["origin"] and again.headers["Cache-Control"] == "no-store"
+    assert again.headers.getlist("Vary") == ["origin"] and again.headers.getlist("Cache-Control") == ["no-store"]
+    assert response.headers.getlist("X-Request-ID") == ["rid-1"] and again.headers["X-Request-ID"] == "rid-2"
