@@ -2,13 +2,17 @@
 a connection handed in by tests through `config.attributes["connection"]`."""
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 
 from app.db import build_engine
 from app.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+# Every replica's entrypoint runs `db upgrade`; on PostgreSQL the first to start takes this
+# transaction-level advisory lock and the others wait for its commit, then find the schema
+# at head. (Without it, replicas starting together collide creating the same tables.)
+MIGRATION_LOCK_ID = 0x7461736B67617465  # "taskgate"
 
 
 def run_migrations_offline() -> None:
@@ -23,6 +27,8 @@ def _run(connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
                       compare_type=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
         context.run_migrations()
 
 

@@ -38,3 +38,40 @@ def test_upgrade_matches_models_and_downgrades(empty_database):
             assert sa.inspect(connection).get_table_names() == ["alembic_version"]
     finally:
         engine.dispose()
+
+
+UPGRADE_AT = """
+import sys, time
+from alembic import command
+from app.cli import alembic_config
+config = alembic_config(sys.argv[1])
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+command.upgrade(config, "head")
+"""
+
+
+def test_replicas_starting_together_migrate_once(tmp_path):
+    """Every replica's entrypoint runs `db upgrade`; started at the same moment against one
+    fresh PostgreSQL database, they must all succeed and leave the schema at head once."""
+    import subprocess
+    import sys
+    import time
+
+    url, drop = create_postgres_database()
+    try:
+        start_at = time.time() + 3.0  # after every process has imported alembic and the app
+        processes = [subprocess.Popen([sys.executable, "-c", UPGRADE_AT, url, str(start_at)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                     for _ in range(4)]
+        outputs = [process.communicate(timeout=60)[0] for process in processes]
+        assert [process.returncode for process in processes] == [0, 0, 0, 0], "\n".join(outputs)
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as connection:
+                context = MigrationContext.configure(connection)
+                assert context.get_current_heads() == tuple(
+                    command.ScriptDirectory.from_config(alembic_config(url)).get_heads())
+        finally:
+            engine.dispose()
+    finally:
+        drop()
