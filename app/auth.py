@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 from flask import Flask, current_app, g, request
-from flask_jwt_extended import JWTManager, verify_jwt_in_request
+from flask_jwt_extended import JWTManager, get_jwt_header, verify_jwt_in_request
 from flask_jwt_extended.exceptions import NoAuthorizationError, RevokedTokenError
 from jwt.exceptions import ExpiredSignatureError
 
@@ -266,34 +266,40 @@ SIMPLE_BEARER = re.compile(r"Bearer ([A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-
 class VerifiedTokens:
     """Tokens this worker has fully verified, so a repeat skips parsing and signature
     verification. Never a shortcut past a check that can change: expiry and maximum age
-    are checked again on every use, and revocation is checked on every request. Bounded
-    (LRU), and an entry lives at most `ttl` seconds, so a key withdrawn from the JWKS
-    stops being honoured within that time."""
+    are checked again on every use, revocation is checked on every request, and a token
+    signed with a JWKS key is honoured only while the key set (refreshed as for any
+    verification) still publishes that key unchanged. Bounded (LRU), and an entry lives at
+    most `ttl` seconds."""
 
     def __init__(self, size: int = 4096, ttl: float = 300.0) -> None:
         self.size, self.ttl = size, ttl
-        self._entries: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[Principal, float, dict[str, Any] | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, token: str, settings: Settings, now: float) -> Principal | None:
+    def get(self, token: str, settings: Settings, now: float, key_set: Any = None) -> Principal | None:
         with self._lock:
             entry = self._entries.get(token)
             if entry is None:
                 return None
-            principal, cached_at = entry
+            principal, cached_at, jwk = entry
             if now - cached_at > self.ttl:
                 del self._entries[token]
                 return None
             self._entries.move_to_end(token)
+        if jwk is not None and (key_set is None or key_set.current_jwk(jwk["kid"]) != jwk):
+            with self._lock:  # the key was withdrawn or replaced: verify afresh (and fail)
+                self._entries.pop(token, None)
+            return None
         if now > principal.exp + settings.leeway_seconds:
             raise Unauthorized("token_expired", "The token has expired.")
         if now - principal.iat > settings.max_age_seconds:
             raise TokenRejected("The token is older than this API accepts.", "token_expired")
         return principal
 
-    def put(self, token: str, principal: Principal, now: float) -> None:
+    def put(self, token: str, principal: Principal, now: float, jwk: dict[str, Any] | None = None) -> None:
+        """`jwk`: the JWKS key that verified the token; None when it was the shared secret."""
         with self._lock:
-            self._entries[token] = (principal, now)
+            self._entries[token] = (principal, now, jwk)
             if len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 
@@ -302,17 +308,25 @@ def authenticate() -> Principal:
     """Verify the request's bearer token or raise a 401/503 ApiError."""
     header = request.headers.get("Authorization", "")
     match = SIMPLE_BEARER.fullmatch(header)
-    cache: VerifiedTokens = current_app.extensions["taskgate.verified_tokens"]
+    app = current_app._get_current_object()
+    cache: VerifiedTokens = app.extensions["taskgate.verified_tokens"]
+    key_set = app.extensions.get("taskgate.jwks")
     if match is not None:
         now = time.time()
-        principal = cache.get(match[1], _settings(), now)
+        principal = cache.get(match[1], app.extensions["taskgate.settings"], now, key_set)
         if principal is not None:
             if _revoked(principal):
                 raise Unauthorized("token_revoked", "The token has been revoked.")
             return principal
     principal = _verify()
     if match is not None:
-        cache.put(match[1], principal, time.time())
+        token_header = get_jwt_header()
+        jwk = None
+        if token_header.get("alg") not in SYMMETRIC_ALGORITHMS:
+            jwk = key_set.current_jwk(token_header["kid"])
+            if jwk is None:  # withdrawn meanwhile: verified, but not worth remembering
+                return principal
+        cache.put(match[1], principal, time.time(), jwk)
     return principal
 
 

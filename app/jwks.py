@@ -72,6 +72,14 @@ class JwksKeySet:
             raise TokenRejected("The token's algorithm does not match its key.")
         return key
 
+    def current_jwk(self, kid: str) -> dict[str, Any] | None:
+        """The key `kid` as currently published (None once withdrawn), with the key set
+        refreshed when stale exactly as for a verification. A token verified earlier and
+        cached (app.auth.VerifiedTokens) is honoured only while its key is unchanged."""
+        self._refresh(stale_only=True)
+        entry = self._keys.get(kid)
+        return None if entry is None else entry[0]
+
     def _refresh(self, stale_only: bool) -> None:
         """stale_only: load if never loaded or older than the cache time (after a failed
         attempt, not again before the cooldown). Otherwise (an unknown kid): refetch at

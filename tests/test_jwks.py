@@ -159,3 +159,17 @@ class TestSecretAndJwksTogether:
         signature = pyjwt.utils.base64url_encode(
             hmac.new(material, f"{header}.{payload}".encode(), hashlib.sha256).digest()).decode()
         assert code(client, f"{header}.{payload}.{signature}") == "invalid_token"
+
+
+def test_a_withdrawn_key_stops_working_for_tokens_already_seen(client, jwks, app):
+    # A compromised key is taken out of the JWKS: once this worker's copy of the key set is
+    # refreshed, a token it verified (and cached) before must be refused like any other.
+    withdrawn = jwks.publish(SigningKey("EdDSA", "compromised"))
+    token = withdrawn.sign(claims())
+    assert code(client, token) == 200
+    jwks.keys = []
+    jwks.publish(SigningKey("EdDSA", "replacement"))
+    assert code(client, token) == 200  # the key set in memory is still fresh
+    app.extensions["taskgate.jwks"]._loaded_at -= 10_000  # the cached key set has gone stale
+    assert code(client, token) == "invalid_token"
+    assert code(client, withdrawn.sign(claims("bob"))) == "invalid_token"
