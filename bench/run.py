@@ -282,8 +282,20 @@ def fmt_ratio(value) -> str:
     return f"{value:.0f}x" if value >= 100 else f"{value:.1f}x" if value >= 10 else f"{value:.2f}x"
 
 
+def python_speed_us() -> float:
+    """The machine's speed today: the best of 7 timings of a fixed pure-Python loop (dict
+    lookups and calls, like a request's work), in µs. The same code's figures on machines of
+    the same kind drifted up to 2x between days; this tells runs of different days apart."""
+    import timeit
+
+    table = {i: i for i in range(64)}
+    timer = timeit.Timer("for i in range(1000): get(i & 63)", globals={"get": table.get})
+    return round(min(timer.repeat(repeat=7, number=200)) / 200 * 1e6, 1)
+
+
 def versions() -> dict:
-    info = {"python": platform.python_version(), "kernel": platform.release(), "nproc": os.cpu_count()}
+    info = {"python": platform.python_version(), "kernel": platform.release(), "nproc": os.cpu_count(),
+            "python_loop_us": python_speed_us()}
     with contextlib.suppress(Exception):
         info["affinity_cpus"] = len(os.sched_getaffinity(0))
     with contextlib.suppress(Exception):
@@ -817,6 +829,9 @@ def print_backend(result: dict, args) -> None:
           f"threads={g.get('threads')} worker_connections={g.get('worker_connections')} "
           f"keepalive={g.get('keepalive')} max_requests={g.get('max_requests')}"
           + (f"  [env overrides: {result['extra_env']}]" if result.get("extra_env") else ""))
+    if result.get("python_loop_us"):
+        print(f"    machine speed: a fixed Python loop took {result['python_loop_us']} µs (lower is faster; "
+              "for comparing runs of different days)")
     print(f"    {result['seed']['rows']} tasks for {result['seed']['users']} users; {args.connections} connections, "
           f"each a different user's token; {args.duration:g}s measured after {args.warmup:g}s warm-up; "
           f"client timeout {args.timeout:g}s")
@@ -892,6 +907,7 @@ def run_backend(kind: str, args, run_dir: Path) -> dict:
     server = None
     try:
         backend.create()
+        speed = python_speed_us()  # before the server starts: the machine is quiet
         extra = dict(args.extra_env)
         server = Server(backend, extra, run_dir / f"gunicorn-{kind}.log")
         gconf = server.settings()
@@ -916,7 +932,7 @@ def run_backend(kind: str, args, run_dir: Path) -> dict:
             time.sleep(1)
         result = {"backend": kind, "label": backend.label(), "app_env": backend.app_env, "gunicorn": gconf,
                   "extra_env": extra, "seed": backend.seed_info, "runs": runs,
-                  "rate_limits": args.rate_limits}
+                  "rate_limits": args.rate_limits, "python_loop_us": speed}
         result["targets"] = evaluate_targets(result, args)
         return result
     finally:
