@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from flask import Flask, current_app, g, request
@@ -28,6 +28,9 @@ from jwt.exceptions import ExpiredSignatureError
 from app.config import SYMMETRIC_ALGORITHMS, Settings
 from app.errors import ApiError, Forbidden, Unauthorized
 from app.ratelimit import rate_limits
+
+if TYPE_CHECKING:
+    from app.jwks import JwksKeySet
 
 MAX_ID_LENGTH = 255
 # Header parameters we refuse outright: critical extensions we do not implement,
@@ -276,7 +279,8 @@ class VerifiedTokens:
         self._entries: OrderedDict[str, tuple[Principal, float, dict[str, Any] | None]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, token: str, settings: Settings, now: float, key_set: Any = None) -> Principal | None:
+    def get(self, token: str, settings: Settings, now: float,
+            key_set: JwksKeySet | None = None) -> Principal | None:
         with self._lock:
             entry = self._entries.get(token)
             if entry is None:
