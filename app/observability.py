@@ -103,10 +103,14 @@ def _security_headers(response: Response, req: Request, authenticated: bool, req
     headers = response.headers
     present = {name.lower(): value for name, value in headers.items()}
     missing = [(name, value) for name, value in SECURITY_HEADERS if name.lower() not in present]
-    if "x-request-id" in present:
-        headers["X-Request-ID"] = request_id
-    else:
-        missing.append(("X-Request-ID", request_id))
+
+    def overrule(name: str, value: str) -> None:  # whatever the route set
+        if name.lower() in present:
+            headers[name] = value
+        else:
+            missing.append((name, value))
+
+    overrule("X-Request-ID", request_id)
     vary = present.get("vary")
     if vary is None:
         missing.append(("Vary", "Origin"))  # CORS headers depend on it; keep shared caches honest
@@ -115,10 +119,7 @@ def _security_headers(response: Response, req: Request, authenticated: bool, req
     if req.is_secure and "strict-transport-security" not in present:  # HTTPS, directly or via a trusted proxy
         missing.append(("Strict-Transport-Security", "max-age=63072000; includeSubDomains"))
     if authenticated or req.headers.get("Authorization") or response.status_code >= 400:
-        if "cache-control" in present:
-            headers["Cache-Control"] = "no-store"
-        else:
-            missing.append(("Cache-Control", "no-store"))
+        overrule("Cache-Control", "no-store")
     headers.extend(missing)
 
 

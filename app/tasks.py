@@ -45,15 +45,20 @@ def _row_to_dict(row: Any) -> dict[str, Any]:
     return dict(zip(TASK_FIELDS, row, strict=False))
 
 
+def _no_such_task() -> NotFound:
+    """The one answer for a task that is missing, out of range, or another user's."""
+    return NotFound("No task with this id.")
+
+
 def _require_valid_id(task_id: int) -> None:
     if not 0 < task_id <= MAX_TASK_ID:
-        raise NotFound("No task with this id.")
+        raise _no_such_task()
 
 
 def _the_task(rows: Any) -> dict[str, Any]:
     """The one task a statement on the owner's task returned, or 404."""
     if not rows:
-        raise NotFound("No task with this id.")
+        raise _no_such_task()
     return _row_to_dict(rows[0])
 
 
@@ -118,7 +123,7 @@ class OwnedTasks:
         _require_valid_id(task_id)
         task = self.session.scalars(self._owned().where(Task.id == task_id)).first()
         if task is None:
-            raise NotFound("No task with this id.")
+            raise _no_such_task()
         return task
 
     def list(self, query: TaskListQuery) -> tuple[list[dict[str, Any]], int]:
