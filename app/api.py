@@ -118,18 +118,18 @@ def endpoint(
         def wrapper(**kwargs: Any) -> Any:
             # Authentication first (it also counts the caller's per-user rate limit): an
             # anonymous caller learns nothing from validation.
-            limits = rate_limits()
             if spec.auth is not None:
                 try:
                     principal = authenticate()
                 except ApiError as error:
+                    limits = rate_limits()
                     if limits is not None and error.status == 401:
                         limits.authentication_failed()
                     raise
                 if spec.auth == "admin":
                     require_admin(principal)
                 kwargs["principal"] = principal
-            elif limits is not None and spec.rate_limited:
+            elif spec.rate_limited and (limits := rate_limits()) is not None:
                 limits.anonymous_request()
             if spec.query is not None:
                 kwargs["query"] = parse_query(spec.query)

@@ -27,7 +27,7 @@ from jwt.exceptions import ExpiredSignatureError
 
 from app.config import SYMMETRIC_ALGORITHMS, Settings
 from app.errors import ApiError, Forbidden, Unauthorized
-from app.ratelimit import rate_limits
+from app.ratelimit import EXTENSION_KEY as RATE_LIMITS_KEY
 
 if TYPE_CHECKING:
     from app.jwks import JwksKeySet
@@ -202,12 +202,15 @@ def _decode_key(header: dict[str, Any], claims: dict[str, Any]) -> Any:
     return keys.key_for(header)
 
 
-def _revoked(principal: Principal) -> bool:
+def _revoked(principal: Principal, extensions: dict[str, Any] | None = None) -> bool:
     """The one revocation check, for freshly verified and cached tokens alike. The caller's
-    per-user rate limit is counted in the same Redis round trip (app.ratelimit)."""
+    per-user rate limit is counted in the same Redis round trip (app.ratelimit).
+    `extensions`: the app's, when the caller has them at hand."""
     g.principal = principal
-    store = current_app.extensions.get("taskgate.revocations")
-    limits = rate_limits()
+    if extensions is None:
+        extensions = current_app.extensions
+    store = extensions.get("taskgate.revocations")
+    limits = extensions.get(RATE_LIMITS_KEY)
     window = limits.user_window(principal.user_id) if limits is not None else None
     if store is None:  # rate limits need the store too (app.ratelimit): nothing to count
         return False
@@ -319,7 +322,7 @@ def authenticate() -> Principal:
         now = time.time()
         principal = cache.get(match[1], app.extensions["taskgate.settings"], now, key_set)
         if principal is not None:
-            if _revoked(principal):
+            if _revoked(principal, app.extensions):
                 raise Unauthorized("token_revoked", "The token has been revoked.")
             return principal
     principal = _verify()

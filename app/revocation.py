@@ -33,7 +33,7 @@ import redis
 from flask import Flask, current_app
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from sqlalchemy import select
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 EXTENSION_KEY = "taskgate.revocations"
 EVICTING_POLICIES = ("allkeys-", "volatile-")
 KEY_NAMES = {"session": "sid", "token": "tok"}  # revocation kind -> key segment (see above)
+NOT_ENOUGH_DATA = object()  # what the hiredis reader returns until a whole reply has arrived
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,65 @@ def connect(settings: Settings) -> redis.Redis:
         health_check_interval=30,
         decode_responses=True,
     )
+
+
+class _Link:
+    """One thread's Redis connection for the per-request round trip (RevocationStore._round_trip).
+    `direct`: read the replies off the socket with our own hiredis reader; otherwise (an
+    in-process fake Redis, which has no socket) through redis-py's connection API."""
+
+    def __init__(self, connection: Any, direct: bool) -> None:
+        self.connection, self.direct = connection, direct
+        self.reader: hiredis.Reader | None = None
+        self.buffer = bytearray(16384)
+
+    def exchange(self, packed: bytes, replies: int) -> list[Any]:
+        connection = self.connection
+        if not self.direct:
+            try:
+                connection.send_packed_command([packed])
+                return [connection.read_response() for _ in range(replies)]
+            except BaseException:
+                connection.disconnect()
+                raise
+        try:
+            if connection._sock is None or self.reader is None:
+                connection.connect()  # redis-py's handshake: AUTH, SELECT, HELLO
+                encoder = connection.encoder
+                self.reader = hiredis.Reader(replyError=ResponseError, notEnoughData=NOT_ENOUGH_DATA,
+                                             encoding=encoder.encoding, errors=encoder.encoding_errors)
+            else:
+                connection.check_health()  # a PING when idle past health_check_interval
+            sock, reader, buffer = connection._sock, self.reader, self.buffer
+            sock.sendall(packed)
+            results: list[Any] = []
+            while len(results) < replies:
+                reply = reader.gets()
+                if reply is NOT_ENOUGH_DATA:
+                    received = sock.recv_into(buffer)
+                    if not received:
+                        raise RedisConnectionError("Redis closed the connection.")
+                    reader.feed(buffer, 0, received)
+                elif isinstance(reply, RedisError):
+                    raise reply
+                else:
+                    results.append(reply)
+            if connection.health_check_interval:
+                connection.next_health_check = time.monotonic() + connection.health_check_interval
+            return results
+        except TimeoutError:  # socket.timeout
+            self.close()
+            raise RedisTimeoutError("Timeout talking to Redis.") from None
+        except OSError as error:
+            self.close()
+            raise RedisConnectionError(f"Error talking to Redis: {type(error).__name__}.") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.reader = None
+        self.connection.disconnect()
 
 
 class RevocationStore:
@@ -125,11 +185,13 @@ class RevocationStore:
         commands = [("MGET", *keys)]
         if window is not None:
             commands.extend(window.commands())
-        with self._redis():
+        try:  # not `with self._redis()`: a generator context manager costs µs on every request
             values, *replies = self._round_trip(commands)
             if values[0] is None:
                 self.rebuild()
                 values = self.client.mget(keys)
+        except RedisError as error:
+            raise _unavailable(error) from None
         marker, token, cutoff, *session = values
         if marker is None:
             raise ServiceUnavailable("The revocation list is being restored; try again shortly.")
@@ -145,33 +207,26 @@ class RevocationStore:
 
     def _round_trip(self, commands: list[tuple[str, ...]]) -> list[Any]:
         """Send `commands` in one write and read their replies: a pipeline without redis-py's
-        per-command and pool bookkeeping, which cost more CPU than the round trip itself (the
-        per-request path; bench/micro_routes.py). Each thread keeps its own connection, with
-        the client's settings (timeouts, health check). A connection that fails is closed,
-        and one fresh attempt made, as the client's Retry does; anything else closes it too,
-        so no unread reply is ever left on it."""
-        packed = [b"".join([hiredis.pack_command(command) for command in commands])]
-        connection = self._thread_connection()
+        per-command, per-reply and pool bookkeeping, which cost more CPU than the round trip
+        itself (the per-request path; bench/micro_routes.py). Each thread keeps its own
+        connection: redis-py connects it (handshake, timeouts, health check), and the replies
+        are read with the thread's own hiredis reader. A connection that fails is closed, and
+        one fresh attempt made, as the client's Retry does; anything else closes it too, so
+        no unread reply is ever left on it."""
+        packed = b"".join([hiredis.pack_command(command) for command in commands])
+        link = self._thread_link()
         try:
-            return self._exchange(connection, packed, len(commands))
+            return link.exchange(packed, len(commands))
         except (RedisConnectionError, RedisTimeoutError):
-            return self._exchange(connection, packed, len(commands))  # reconnects: it was closed
+            return link.exchange(packed, len(commands))  # reconnects: it was closed
 
-    @staticmethod
-    def _exchange(connection: Any, packed: list[bytes], replies: int) -> list[Any]:
-        try:
-            connection.send_packed_command(packed)
-            return [connection.read_response() for _ in range(replies)]
-        except BaseException:
-            connection.disconnect()
-            raise
-
-    def _thread_connection(self) -> Any:
+    def _thread_link(self) -> _Link:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():  # first use in this thread, or a forked copy
             pool = self.client.connection_pool
-            local.connection, local.pid = pool.connection_class(**pool.connection_kwargs), os.getpid()
-        return local.connection
+            direct = not pool.connection_class.__module__.startswith("fakeredis")
+            local.link, local.pid = _Link(pool.connection_class(**pool.connection_kwargs), direct), os.getpid()
+        return local.link
 
     # --- writes --------------------------------------------------------------------
 
@@ -254,10 +309,7 @@ class RevocationStore:
         try:
             yield
         except RedisError as error:
-            # Fail closed: no answer from Redis is never a pass.
-            log.warning("redis unavailable", extra={"fields": {"error": type(error).__name__}})
-            BACKEND_ERRORS.labels("redis").inc()
-            raise ServiceUnavailable("The revocation store is unavailable; try again shortly.") from None
+            raise _unavailable(error) from None
 
     def check_eviction_policy(self) -> None:
         """Evicting denylist keys would let revoked tokens back in: refuse such a Redis."""
@@ -269,6 +321,13 @@ class RevocationStore:
             return
         if policy.startswith(EVICTING_POLICIES):
             raise ConfigError(f"Redis maxmemory-policy is {policy}: revocations need noeviction")
+
+
+def _unavailable(error: RedisError) -> ServiceUnavailable:
+    # Fail closed: no answer from Redis is never a pass.
+    log.warning("redis unavailable", extra={"fields": {"error": type(error).__name__}})
+    BACKEND_ERRORS.labels("redis").inc()
+    return ServiceUnavailable("The revocation store is unavailable; try again shortly.")
 
 
 def init_revocations(app: Flask) -> RevocationStore:

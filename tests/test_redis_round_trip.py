@@ -4,6 +4,7 @@ never carries a stale reply into the next request."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +12,7 @@ import redis
 
 from app.revocation import revocations
 from tests.conftest import bearer
+from tests.servers import RedisServer
 from tests.services import redis_key_prefix, require_redis
 
 
@@ -66,10 +68,10 @@ def test_the_rate_limit_count_rides_with_the_revocation_check(app, client, store
 def test_a_connection_the_server_closed_is_replaced_without_an_error(client, store, make_token, server):
     token = make_token("alice")
     assert me(client, token) == 200
-    host, port = store._local.connection._sock.getsockname()[:2]
+    host, port = store._local.link.connection._sock.getsockname()[:2]
     assert server.client_kill(f"{host}:{port}") is True
     assert me(client, token) == 200
-    assert store._local.connection._sock.getsockname()[1] != port
+    assert store._local.link.connection._sock.getsockname()[1] != port
 
 
 def test_an_error_reply_is_a_503_and_leaves_no_reply_behind(app, client, store, make_token, server):
@@ -87,3 +89,36 @@ def test_an_error_reply_is_a_503_and_leaves_no_reply_behind(app, client, store, 
     client.post("/api/v1/auth/logout", headers=bearer(token))
     assert me(client, token) == "token_revoked"
     assert me(client, make_token("bob")) == 200
+
+
+class TestARedisThatStopsAnswering:
+    """A private redis-server, paused with CLIENT PAUSE: connections stay open, no reply comes."""
+
+    @pytest.fixture
+    def private_redis(self) -> Iterator[RedisServer]:
+        require_redis()
+        with RedisServer() as server:
+            yield server
+
+    @pytest.fixture
+    def settings_overrides(self, private_redis):
+        return {"REDIS_URL": private_redis.url, "REDIS_SOCKET_TIMEOUT": "0.3", "RATE_LIMITS_ENABLED": "true",
+                "RATE_LIMIT_USER": "1000/minute"}
+
+    def test_is_a_bounded_503_and_no_late_reply_answers_a_later_request(self, client, make_token, private_redis):
+        token, revoked = make_token("alice"), make_token("bob")
+        assert me(client, token) == 200
+        assert client.post("/api/v1/auth/logout", headers=bearer(revoked)).status_code == 204
+        admin = redis.Redis.from_url(private_redis.url)
+        admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+        paused_until = time.monotonic() + 1.5
+        started = time.monotonic()
+        response = client.get("/api/v1/auth/me", headers=bearer(revoked))
+        assert response.status_code == 503 and response.get_json()["code"] == "service_unavailable"
+        assert time.monotonic() - started < 1.4  # the socket timeout (and one retry), not the pause
+        time.sleep(max(0.0, paused_until - time.monotonic()) + 0.2)
+        # The paused server answers the abandoned request late; that reply must never be read
+        # as the answer to the next one.
+        assert me(client, revoked) == "token_revoked"
+        assert me(client, token) == 200
+        admin.close()
