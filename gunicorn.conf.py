@@ -19,6 +19,9 @@ this file and wins over everything here):
   GUNICORN_MAX_REQUESTS         recycle a worker after N requests    (0 = never)
   GUNICORN_MAX_REQUESTS_JITTER  random extra requests before recycle (1000)
   GUNICORN_BACKLOG              listen(2) backlog                    (2048)
+  GUNICORN_REUSE_PORT           each worker listens on its own
+                                SO_REUSEPORT socket (1 for TCP binds;
+                                0 = one socket shared by all workers)
   GUNICORN_ACCESS_LOG           access log target, "-" = stdout      ("" = off)
   GUNICORN_ERROR_LOG            error log target, "-" = stderr       (-)
   GUNICORN_LOG_LEVEL            gunicorn log level       (LOG_LEVEL, else info)
@@ -58,6 +61,17 @@ def _env_int(name, default, minimum=0):
     return value
 
 
+def _env_bool(name, default):
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0, got {raw!r}")
+
+
 def _cpus_available():
     """CPUs this process may use: CPU affinity, capped by a cgroup CPU quota.
 
@@ -94,6 +108,16 @@ def _cpus_available():
 _port = _env_int("PORT", 8000, minimum=1)
 bind = [b.strip() for b in _env_str("GUNICORN_BIND", f"0.0.0.0:{_port}").split(",") if b.strip()]
 backlog = _env_int("GUNICORN_BACKLOG", 2048, minimum=1)
+# One listening socket per worker (gunicorn binds them in each worker when reuse_port is
+# set), and the kernel spreads new connections evenly across them. With one shared socket,
+# whichever worker wakes first accepts, and keep-alive connections pile up on a few
+# workers: at 1000 req/s one worker ran at 64-76% CPU while another idled at 8-15%, and the
+# p95 reached 0.4-1.7 s; with a socket per worker they ran at 30-38% each and the p95 was
+# 11-42 ms (bench/RESULTS.md). The price: connections still waiting in the accept queue of
+# a worker that exits (HUP reload, crash, timeout) are reset, unless the kernel hands them
+# to another worker (net.ipv4.tcp_migrate_req=1, Linux 5.14+; docker-compose.yml sets it).
+# (A unix socket path cannot be shared that way: off by default for those.)
+reuse_port = _env_bool("GUNICORN_REUSE_PORT", not any(b.startswith(("unix:", "fd://")) for b in bind))
 
 # --- Workers ----------------------------------------------------------------
 # gthread: each worker runs `threads` request threads plus a poller that holds
@@ -200,8 +224,47 @@ def _raise_nofile_limit(server):
 # prometheus_client's multiprocess mode: every worker writes its metrics to files in
 # PROMETHEUS_MULTIPROC_DIR and /metrics adds them up, so a scrape sees the whole server,
 # whichever worker answers it. Set before any worker imports the app.
+def _check_reuse_port(server):
+    """A socket per worker: fail at start, as a shared socket would, when an address is taken
+    (workers binding it would fail and be respawned in a loop), and say so when a worker's
+    exit would reset its queued connections."""
+    import socket
+
+    from gunicorn.util import parse_address
+
+    if not server.cfg.reuse_port:
+        return
+    for address in server.cfg.bind:
+        parsed = parse_address(address)
+        if not isinstance(parsed, tuple):
+            raise RuntimeError(f"GUNICORN_REUSE_PORT=1 needs TCP addresses, not {address}; "
+                               "set GUNICORN_REUSE_PORT=0")
+        host, port = parsed
+        # Without SO_REUSEPORT: this bind fails if anything listens there, another copy of
+        # this server included, which the workers' sockets would otherwise silently join.
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                raise RuntimeError(f"cannot listen on {address}: {error.strerror}") from None
+    try:
+        with open("/proc/sys/net/ipv4/tcp_migrate_req", encoding="ascii") as fh:
+            migrate = fh.read().strip()
+    except OSError:
+        migrate = None  # not Linux, or a kernel before 5.14
+    if migrate != "1":
+        server.log.warning(
+            "each worker has its own listening socket (GUNICORN_REUSE_PORT=1) and "
+            "net.ipv4.tcp_migrate_req is not 1: connections waiting in the accept queue of "
+            "a worker that exits are reset; set the sysctl (docker run --sysctl "
+            "net.ipv4.tcp_migrate_req=1) or GUNICORN_REUSE_PORT=0"
+        )
+
+
 def on_starting(server):
     _raise_nofile_limit(server)
+    _check_reuse_port(server)
     import shutil
     import tempfile
 
@@ -212,6 +275,11 @@ def on_starting(server):
     else:  # stale files from an earlier run would be added to this one's figures
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, exist_ok=True)
+
+
+def when_ready(server):
+    if server.cfg.reuse_port:  # gunicorn's own "Listening at:" is empty: the master binds nothing
+        server.log.info("workers listen on %s, one socket each", ", ".join(server.cfg.bind))
 
 
 def child_exit(server, worker):

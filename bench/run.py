@@ -640,7 +640,7 @@ class Server:
         """The effective gunicorn settings (defaults of gunicorn.conf.py unless overridden)."""
         code = ("import json, runpy; ns = runpy.run_path('gunicorn.conf.py'); print(json.dumps({k: ns.get(k) "
                 "for k in ('worker_class', 'workers', 'threads', 'worker_connections', 'keepalive', "
-                "'max_requests', 'max_requests_jitter', 'backlog', 'timeout')}))")
+                "'max_requests', 'max_requests_jitter', 'backlog', 'timeout', 'reuse_port')}))")
         out = subprocess.run([venv_tool("python", self.backend.args.venv), "-c", code], cwd=self.backend.args.app_root,
                              env=self.env,
                              capture_output=True, text=True, timeout=30)
@@ -827,7 +827,7 @@ def print_backend(result: dict, args) -> None:
     g = result["gunicorn"]
     print(f"    gunicorn -c gunicorn.conf.py wsgi:app: {g.get('worker_class')} workers={g.get('workers')} "
           f"threads={g.get('threads')} worker_connections={g.get('worker_connections')} "
-          f"keepalive={g.get('keepalive')} max_requests={g.get('max_requests')}"
+          f"keepalive={g.get('keepalive')} max_requests={g.get('max_requests')} reuse_port={g.get('reuse_port')}"
           + (f"  [env overrides: {result['extra_env']}]" if result.get("extra_env") else ""))
     if result.get("python_loop_us"):
         print(f"    machine speed: a fixed Python loop took {result['python_loop_us']} µs (lower is faster; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +73,35 @@ def test_production_refuses_to_start_with_bad_settings(production_env):
     assert result.returncode == 78
     assert result.stderr.strip().endswith("BETTER_AUTH_SECRET is shorter than 32 bytes")
     assert "Traceback" not in result.stderr
+
+
+def listening_sockets(port: int) -> int:
+    """IPv4 TCP sockets listening on `port` (/proc/net/tcp: state 0A is LISTEN)."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port)
+
+
+def test_each_worker_listens_on_its_own_socket_unless_told_otherwise(production_env):
+    # A socket per worker is what lets the kernel spread connections evenly (gunicorn.conf.py).
+    with Gunicorn(production_env, workers=3) as server:
+        assert listening_sockets(server.port) == 3
+        assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
+    with Gunicorn({**production_env, "GUNICORN_REUSE_PORT": "0"}, workers=3) as server:
+        assert listening_sockets(server.port) == 1
+
+
+def test_a_port_already_taken_stops_the_start_with_a_clear_error(production_env):
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, **production_env, "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "1"}
+        started = time.monotonic()
+        result = subprocess.run([str(gunicorn), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and time.monotonic() - started < 20
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stdout + result.stderr
 
 
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
