@@ -116,8 +116,9 @@ backlog = _env_int("GUNICORN_BACKLOG", 2048, minimum=1)
 # 11-42 ms (bench/RESULTS.md). The price: connections still waiting in the accept queue of
 # a worker that exits (HUP reload, crash, timeout) are reset, unless the kernel hands them
 # to another worker (net.ipv4.tcp_migrate_req=1, Linux 5.14+; docker-compose.yml sets it).
-# (A unix socket path cannot be shared that way: off by default for those.)
-reuse_port = _env_bool("GUNICORN_REUSE_PORT", not any(b.startswith(("unix:", "fd://")) for b in bind))
+# (A unix socket path, port 0 or systemd's socket activation: one shared socket, unless
+# GUNICORN_REUSE_PORT=1 asks otherwise, which then fails the start; see on_starting.)
+reuse_port = _env_bool("GUNICORN_REUSE_PORT", True)
 
 # --- Workers ----------------------------------------------------------------
 # gthread: each worker runs `threads` request threads plus a poller that holds
@@ -234,12 +235,18 @@ def _check_reuse_port(server):
 
     if not server.cfg.reuse_port:
         return
-    for address in server.cfg.bind:
-        parsed = parse_address(address)
-        if not isinstance(parsed, tuple):
-            raise RuntimeError(f"GUNICORN_REUSE_PORT=1 needs TCP addresses, not {address}; "
+    addresses = [(address, parse_address(address)) for address in server.cfg.bind]
+    # A unix socket path or port 0 cannot be shared this way, and systemd's socket
+    # activation hands over one socket: unless asked for explicitly, fall back to it.
+    unsuitable = [address for address, parsed in addresses if not isinstance(parsed, tuple) or parsed[1] == 0]
+    if unsuitable or os.environ.get("LISTEN_FDS"):
+        if os.environ.get("GUNICORN_REUSE_PORT", "").strip():
+            raise RuntimeError(f"GUNICORN_REUSE_PORT=1 needs TCP addresses with a port and no socket "
+                               f"activation ({', '.join(unsuitable) or 'LISTEN_FDS is set'}); "
                                "set GUNICORN_REUSE_PORT=0")
-        host, port = parsed
+        server.cfg.set("reuse_port", False)
+        return
+    for address, (host, port) in addresses:
         # Without SO_REUSEPORT: this bind fails if anything listens there, another copy of
         # this server included, which the workers' sockets would otherwise silently join.
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -255,7 +262,7 @@ def _check_reuse_port(server):
         migrate = None  # not Linux, or a kernel before 5.14
     if migrate != "1":
         server.log.warning(
-            "each worker has its own listening socket (GUNICORN_REUSE_PORT=1) and "
+            "each worker has its own listening socket (GUNICORN_REUSE_PORT, on by default) and "
             "net.ipv4.tcp_migrate_req is not 1: connections waiting in the accept queue of "
             "a worker that exits are reset; set the sysctl (docker run --sysctl "
             "net.ipv4.tcp_migrate_req=1) or GUNICORN_REUSE_PORT=0"

@@ -90,6 +90,29 @@ def test_each_worker_listens_on_its_own_socket_unless_told_otherwise(production_
         assert listening_sockets(server.port) == 1
 
 
+def test_a_unix_socket_bind_falls_back_to_one_shared_socket(production_env, tmp_path):
+    path = tmp_path / "gunicorn.sock"
+    env = {**os.environ, **production_env, "GUNICORN_BIND": f"unix:{path}", "GUNICORN_WORKERS": "2",
+           "GUNICORN_LOG_LEVEL": "info"}
+    process = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def healthz() -> bytes:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(2)
+            client.connect(str(path))
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return client.recv(100)
+
+    try:
+        wait_until(lambda: healthz().startswith(b"HTTP/1.1 200"), 30, "gunicorn on a unix socket")
+        assert all(healthz().startswith(b"HTTP/1.1 200") for _ in range(10))  # both workers answer
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0].decode()
+    assert "one socket each" not in output and f"Listening at: unix:{path}" in output
+
+
 def test_a_port_already_taken_stops_the_start_with_a_clear_error(production_env):
     gunicorn = Path(sys.executable).parent / "gunicorn"
     with socket.socket() as taken:
