@@ -20,11 +20,14 @@ import secrets
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
+from flask import Flask  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.cli import mint_token  # noqa: E402
@@ -59,6 +62,32 @@ def call(app, env: dict, expected: int) -> None:
         raise SystemExit(f"{env['REQUEST_METHOD']} {env['PATH_INFO']}: {status[0]}")
 
 
+@contextmanager
+def production_app() -> Iterator[tuple[Flask, str, str]]:
+    """The app in production mode on a fresh, migrated PostgreSQL database (dropped after)
+    and real Redis: (app, its HS256 secret, the database's plain URL for seeding)."""
+    stamp = f"{int(time.time())}_{os.getpid()}"
+    db_name = f"taskgate_micro_{stamp}"
+    plain_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{db_name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db_name}"')
+    try:
+        from alembic import command
+
+        from app.cli import alembic_config
+
+        url = plain_url.replace("postgresql://", "postgresql+psycopg://", 1)
+        command.upgrade(alembic_config(url), "head")
+        secret = secrets.token_urlsafe(48)
+        yield create_app({"APP_ENV": "production", "DATABASE_URL": url, "BETTER_AUTH_SECRET": secret,
+                          "REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": f"taskgate-micro-{stamp}:",
+                          "RATE_LIMIT_IP": "1000000/minute", "RATE_LIMIT_USER": "1000000/minute",
+                          "LOG_LEVEL": "WARNING"}), secret, plain_url
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
@@ -69,25 +98,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=45, help="profile lines to print")
     args = parser.parse_args()
 
-    stamp = f"{int(time.time())}_{os.getpid()}"
-    db_name = f"taskgate_micro_{stamp}"
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    plain_url = f"{base}/{db_name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db_name}"')
-    try:
-        from alembic import command
-
-        from app.cli import alembic_config
-
-        url = plain_url.replace("postgresql://", "postgresql+psycopg://", 1)
-        command.upgrade(alembic_config(url), "head")
+    with production_app() as (app, secret, plain_url):
         seed_postgresql(plain_url, args.users, 20)
-        secret = secrets.token_urlsafe(48)
-        app = create_app({"APP_ENV": "production", "DATABASE_URL": url, "BETTER_AUTH_SECRET": secret,
-                          "REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": f"taskgate-micro-{stamp}:",
-                          "RATE_LIMIT_IP": "1000000/minute", "RATE_LIMIT_USER": "1000000/minute",
-                          "LOG_LEVEL": "WARNING"})
         tokens = [mint_token(secret, user_id(u), ttl=3600) for u in range(args.users)]
         counter = iter(range(10**9))
 
@@ -133,9 +145,6 @@ def main() -> None:
         mixed = sum(statistics.median(results[k]) * w for k, w in
                     (("list", 0.7), ("create", 0.1), ("toggle", 0.1), ("me", 0.1)))
         print(f"{'mixed':10} {mixed:15.0f} {mixed - base_us:+13.0f}   (70% list, 10% create/toggle/me)")
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":
