@@ -80,5 +80,8 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=90s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8000'), timeout=4); sys.exit(0 if r.status == 200 else 1)"]
 
+# Each gunicorn worker listens on its own socket (GUNICORN_REUSE_PORT); run the
+# container with --sysctl net.ipv4.tcp_migrate_req=1 so a worker that exits hands
+# its queued connections to the others (docker-compose.yml sets it).
 ENTRYPOINT ["/app/docker/entrypoint.sh"]
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
