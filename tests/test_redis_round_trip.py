@@ -91,6 +91,22 @@ def test_an_error_reply_is_a_503_and_leaves_no_reply_behind(app, client, store, 
     assert me(client, make_token("bob")) == 200
 
 
+def test_a_connection_idle_past_the_health_check_interval_is_pinged_first(client, store, make_token, server,
+                                                                         monkeypatch):
+    token = make_token("alice")
+    assert me(client, token) == 200
+    connection = store._local.link.connection
+    pings = []
+    original = connection._send_ping  # redis-py's health check: PING, and expect PONG
+    monkeypatch.setattr(connection, "_send_ping", lambda: pings.append(1) or original())
+    connection.next_health_check = 0  # as if idle for longer than health_check_interval
+    assert me(client, token) == 200
+    assert me(client, token) == 200
+    assert pings == [1]  # once: the exchange moved the next check a whole interval on
+    client.post("/api/v1/auth/logout", headers=bearer(token))
+    assert me(client, token) == "token_revoked"  # the PING's reply never stood in for ours
+
+
 class TestARedisThatStopsAnswering:
     """A private redis-server, paused with CLIENT PAUSE: connections stay open, no reply comes."""
 
