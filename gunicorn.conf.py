@@ -221,10 +221,6 @@ def _raise_nofile_limit(server):
         server.log.warning("could not raise the open-file limit: %s", exc)
 
 
-# --- Metrics across workers ----------------------------------------------------
-# prometheus_client's multiprocess mode: every worker writes its metrics to files in
-# PROMETHEUS_MULTIPROC_DIR and /metrics adds them up, so a scrape sees the whole server,
-# whichever worker answers it. Set before any worker imports the app.
 def _check_reuse_port(server):
     """A socket per worker: fail at start, as a shared socket would, when an address is taken
     (workers binding it would fail and be respawned in a loop), and say so when a worker's
@@ -269,6 +265,10 @@ def _check_reuse_port(server):
         )
 
 
+# --- Metrics across workers ----------------------------------------------------
+# prometheus_client's multiprocess mode: every worker writes its metrics to files in
+# PROMETHEUS_MULTIPROC_DIR and /metrics adds them up, so a scrape sees the whole server,
+# whichever worker answers it. Set before any worker imports the app.
 def on_starting(server):
     _raise_nofile_limit(server)
     _check_reuse_port(server)
