@@ -97,7 +97,7 @@ class _Link:
                 connection.send_packed_command([packed])
                 return [connection.read_response() for _ in range(replies)]
             except BaseException:
-                connection.disconnect()
+                self.close()
                 raise
         try:
             if connection._sock is None or self.reader is None:
@@ -171,9 +171,6 @@ class RevocationStore:
         return RevocationTarget(kind, value, now + self.max_age + self.leeway, user_id, cutoff)
 
     # --- the per-request check ---------------------------------------------------
-
-    def is_revoked(self, principal: Any) -> bool:
-        return self.check(principal)[0]
 
     def check(self, principal: Any, window: Any = None) -> tuple[bool, int]:
         """Is the token revoked; and, given a rate-limit `window` (app.ratelimit.Window),
