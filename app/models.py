@@ -86,6 +86,7 @@ class Revocation(Base):
     user_id: Mapped[str | None] = mapped_column(String(255))  # whose token(s), when known
     actor: Mapped[str] = mapped_column(String(300))  # who: "user:<id>", "admin:<id>" or "cli"
     reason: Mapped[str | None] = mapped_column(String(500))
-    # For kind=user this is also the cutoff: tokens with iat <= created_at are denied.
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # kind=user: every token of the user with iat <= cutoff is denied (None for other kinds).
+    cutoff: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)  # no token it denies outlives this

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 from app import create_app  # noqa: E402
-from app.extensions import db  # noqa: E402
+from app.services import services  # noqa: E402
 from tests.conftest import SECRET, encode  # noqa: E402
 
 MAX_EXAMPLES = 25
@@ -49,7 +49,7 @@ def _documented_operations() -> list[str]:
     (an in-memory SQLite URL: serving /openapi.json touches no database)."""
     app = create_app({**APP_CONFIG, "DATABASE_URL": "sqlite://"})
     document = app.test_client().get("/openapi.json").get_json()
-    db.dispose(app)
+    services(app).database.dispose()
     return [f"{method.upper()} {path}" for path, item in document["paths"].items() for method in item]
 
 
@@ -67,7 +67,7 @@ def contract_app(sqlite_template, tmp_path_factory):
     shutil.copyfile(sqlite_template, path)
     app = create_app({**APP_CONFIG, "DATABASE_URL": f"sqlite:///{path}"})
     yield app
-    db.dispose(app)
+    services(app).database.dispose()
 
 
 @pytest.fixture(scope="module")
