@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import SECRET
+from tests.services import redis_key_prefix, require_redis
 
 METRICS_TOKEN = "metrics-token-for-the-tests-0123456789"
-from tests.services import redis_key_prefix, require_redis
 
 
 @pytest.fixture
