@@ -21,7 +21,6 @@ from app.logs import configure_logging
 from app.observability import init_observability
 from app.rate_limits import RateLimits
 from app.revocation.store import RevocationStore
-from app.revocation.topology import connect
 from app.security.jwks import JwksKeySet
 from app.security.tokens import decode_key
 from app.security.verified_tokens import VerifiedTokens
@@ -54,7 +53,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
 
 def build_services(settings: Settings) -> Services:
     database = Database(settings)
-    store = RevocationStore(connect(settings), settings, database)
+    store = RevocationStore(settings, database)
     if settings.is_production:
         store.check_eviction_policy()
     keys = JwksKeySet(settings.jwks_url, timeout=settings.jwks_timeout_seconds,

@@ -50,6 +50,7 @@ class Settings:
     redis_url: str | None
     redis_socket_timeout: float
     redis_key_prefix: str
+    revocation_sync_seconds: float
     # tokens
     secret: str | None
     secret_generated: bool
@@ -215,6 +216,7 @@ def _redis(env: Mapping[str, str]) -> dict[str, Any]:
         "redis_url": redis_url,
         "redis_socket_timeout": _float(env, "REDIS_SOCKET_TIMEOUT", 0.5),
         "redis_key_prefix": prefix,
+        "revocation_sync_seconds": _float(env, "REVOCATION_SYNC_SECONDS", 2.0),
     }
 
 

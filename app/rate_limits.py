@@ -3,7 +3,8 @@ shares them: per user for the API, and per client IP for anonymous calls and for
 missing authentication. Off in tests unless turned on.
 
 Limits are written like "600/minute" (parsed by the `limits` library). A window is one Redis
-counter, `<prefix>rl:<scope>:<limit>:<id>:<window number>`. The per-user count is taken by the
+counter: `<prefix>rl:<scope>:<limit>:<id>:<window number>`, and a user's in the user's
+revocation bucket (app.revocation.keys). The per-user count is taken by the
 revocation check itself (app.revocation.scripts.CHECK), and only for a token that is not
 revoked, so an authenticated request costs one Redis command in all and a revoked token never
 spends its owner's quota. Redis unreachable means 503, as for revocations: fail closed.
@@ -62,8 +63,12 @@ class RateLimits:
         return Window(f"{self.namespace}:{scope}:{item.amount}/{seconds}:{identifier}:{number}", item.amount,
                       seconds, (number + 1) * seconds)
 
-    def user_window(self, user_id: str) -> Window:
-        return self.window(self.user, "user", user_id)
+    def user_window(self, user_id: str, now: float | None = None) -> Window:
+        """In the user's revocation bucket: the revocation check counts it (app.revocation.keys)."""
+        seconds = self.user.get_expiry()
+        number = int((time.time() if now is None else now) // seconds)
+        return Window(self.store.keys.user_counter(user_id, f"{self.user.amount}/{seconds}:{number}"),
+                      self.user.amount, seconds, (number + 1) * seconds)
 
     def hit(self, window: Window) -> None:
         """Count one request on its own, and refuse it past the limit."""

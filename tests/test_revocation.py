@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from redis.exceptions import ResponseError
 
+from app.revocation.keys import BUCKETS
 from app.revocation.store import RevocationTarget
 from app.services import services
 from tests.conftest import SECRET, bearer, encode
@@ -90,7 +91,7 @@ def test_a_later_cutoff_is_never_lowered(store):
     earlier = RevocationTarget("user", "alice", now + 1000, "alice", cutoff=now - 1000)
     store.revoke(later, "test", None)
     store.revoke(earlier, "test", None)
-    assert float(store.client.get(store.key("user", "alice"))) == pytest.approx(now)
+    assert float(store.redis.client.get(store.keys.cutoff("alice"))) == pytest.approx(now)
 
 
 def test_admin_revokes_a_session(client, make_token, admin):
@@ -148,9 +149,9 @@ def test_entries_expire_with_the_last_token_they_affect(client, store, make_toke
     now = int(time.time())
     token = make_token("alice", jti="short", iat=now, exp=now + 120)
     client.post("/api/v1/auth/logout", headers=bearer(token))
-    assert 120 <= store.client.ttl(store.key("jti", "short")) <= 120 + 31
+    assert 120 <= store.redis.client.ttl(store.keys.jti("short")) <= 120 + 31
     client.post("/api/v1/admin/users/alice/revoke", headers=admin)
-    assert store.client.ttl(store.key("user", "alice")) >= 604800
+    assert store.redis.client.ttl(store.keys.cutoff("alice")) >= 604800
 
 
 def test_denylist_is_rebuilt_after_redis_loses_its_data(client, app, store, make_token, admin):
@@ -160,20 +161,47 @@ def test_denylist_is_rebuilt_after_redis_loses_its_data(client, app, store, make
     client.post("/api/v1/auth/logout", headers=bearer(logged_out))
     client.post("/api/v1/admin/sessions/s-1/revoke", headers=admin)
     client.post("/api/v1/admin/users/bob/revoke", headers=admin)
-    store.client.flushall()
+    store.redis.client.flushall()
     assert status(client, logged_out) == "token_revoked"
     assert status(client, old_session) == "token_revoked"
     assert status(client, old_user) == "token_revoked"
     assert status(client, make_token("bob", iat=now + 2)) == 200
-    assert store.client.get(store.marker) is not None
+    assert all(store.redis.get_many([store.keys.state(b) for b in range(BUCKETS)]))
 
 
-def test_a_revocation_redis_refuses_is_an_error_to_the_caller(client, app, store, make_token, monkeypatch):
+def test_a_redis_write_that_fails_after_the_commit_is_a_503_and_the_next_request_repairs_it(
+        client, app, store, make_token, monkeypatch):
     token = make_token("alice")
-    monkeypatch.setattr(store.client, "set", lambda *a, **k: (_ for _ in ()).throw(
-        ResponseError("OOM command not allowed when used memory > 'maxmemory'")))
+    assert status(client, token) == 200
+    real_run = store.redis.run
+
+    def refuse_applies(call):
+        if call.script == "apply":
+            raise ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+        return real_run(call)
+
+    monkeypatch.setattr(store.redis, "run", refuse_applies)
     response = client.post("/api/v1/auth/logout", headers=bearer(token))
     assert response.status_code == 503 and response.get_json()["code"] == "service_unavailable"
+    assert [row["kind"] for row in audit_rows(app)] == ["jti"]  # committed first
+    monkeypatch.undo()
+    assert status(client, token) == "token_revoked"  # the next check found the gap and repaired it
+
+
+def test_a_commit_that_fails_leaves_no_row_and_no_denial(client, app, store, make_token, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    token = make_token("alice")
+    assert status(client, token) == 200
+
+    def refuse(*_args, **_kwargs):
+        raise OperationalError("INSERT", {}, Exception("the database went away"))
+
+    monkeypatch.setattr(store.database, "rows", refuse)
+    assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 503
+    monkeypatch.undo()
+    assert audit_rows(app) == []
+    assert status(client, token) == 200
 
 
 def test_cli_revocations_are_recorded_as_the_cli(app, client, make_token):
