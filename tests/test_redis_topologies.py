@@ -1,0 +1,129 @@
+"""The Redis topology harness does what the stale-Redis, Sentinel and Cluster tests rely on:
+a restart really brings back an older Redis, a SIGKILLed master really fails over, and a
+cluster's shards really are separate (a FLUSHALL or a snapshot restore touches one only)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from redis.cluster import RedisCluster
+from redis.sentinel import Sentinel
+
+from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
+
+pytestmark = pytest.mark.integration
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_restart_from_a_snapshot_brings_back_exactly_the_snapshot():
+    with PersistentRedis() as server:
+        client = server.client(decode_responses=True)
+        client.set("before", "1")
+        snapshot = server.snapshot()
+        client.set("after", "1")
+        old_pid, port = server.pid, server.port
+
+        server.restart_from(snapshot)
+
+        assert (server.port, server.url) == (port, f"redis://127.0.0.1:{port}/0")
+        assert server.pid != old_pid and not pid_alive(old_pid)
+        client = server.client(decode_responses=True)
+        assert client.get("before") == "1"
+        assert client.get("after") is None
+        client.close()
+    assert not pid_alive(server.node.process.pid)
+
+
+def test_aof_always_survives_a_sigkill_and_a_snapshot_restore_ignores_the_aof():
+    with PersistentRedis(appendfsync="always") as server:
+        client = server.client(decode_responses=True)
+        snapshot = server.snapshot()
+        client.set("written", "1")
+        server.kill()
+        server.start()
+        assert server.client(decode_responses=True).get("written") == "1"
+
+        server.restart_from(snapshot)
+        assert server.client(decode_responses=True).get("written") is None
+        assert server.client().config_get("appendfsync") == {"appendfsync": "always"}
+
+
+def test_a_killed_master_fails_over_to_the_replica_and_comes_back_as_its_replica():
+    with SentinelSet(service="topo-test") as topology:
+        assert topology.url == "redis+sentinel://" + ",".join(
+            f"127.0.0.1:{s.port}" for s in topology.sentinels) + "/topo-test"
+        old_master, replica = topology.data_nodes
+        assert topology.master_address() == old_master.address
+        sentinel = Sentinel(topology.sentinel_addresses, socket_timeout=0.5)
+        client = sentinel.master_for("topo-test", socket_timeout=0.5, decode_responses=True)
+        client.set("k", "v")
+        old_pid = old_master.pid
+        topology.master.call("WAIT", 1, 2000)
+
+        killed_at = time.monotonic()
+        assert topology.kill_master() == old_master.address
+        assert not pid_alive(old_pid)
+        new_master = topology.wait_for_failover(timeout=30)
+        took = time.monotonic() - killed_at
+
+        assert new_master == replica.address
+        assert took > topology.down_after_ms / 1000
+        assert replica.call("ROLE")[0] == b"master"
+        assert sentinel.discover_master("topo-test") == new_master
+        assert client.get("k") == "v"  # the client found the new master by itself
+
+        topology.restart_killed()
+        role = old_master.call("ROLE")
+        assert role[0] == b"slave" and (role[1].decode(), role[2]) == new_master
+        assert old_master.client(decode_responses=True).get("k") == "v"
+        client.close()
+
+
+def test_the_cluster_has_three_masters_and_each_shard_can_be_flushed_or_restored_alone():
+    with ClusterSet() as cluster:
+        assert cluster.url == "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster.masters)
+        assert len(cluster.masters) == 3
+        client = RedisCluster.from_url(f"redis://127.0.0.1:{cluster.masters[0].port}", decode_responses=True)
+        keys = {f"{{bucket{i}}}:marker": str(i) for i in range(30)}
+        for key, value in keys.items():
+            client.set(key, value)
+        owners = {key: cluster.node_for_key(key) for key in keys}
+        assert {node.port for node in owners.values()} == {n.port for n in cluster.masters}
+        for key, value in keys.items():  # node_for_key agrees with where redis-py put it
+            assert owners[key].client(decode_responses=True).get(key) == value
+
+        victim = cluster.masters[1]
+        snapshot = cluster.snapshot(victim)
+        cluster.flushall(victim)
+        for key in keys:
+            assert (owners[key].call("GET", key, decode_responses=True) is None) == (owners[key] is victim)
+
+        old_pid = victim.pid
+        cluster.restart_from_snapshot(victim, snapshot)
+        assert victim.pid != old_pid
+        client = RedisCluster.from_url(f"redis://127.0.0.1:{cluster.masters[0].port}", decode_responses=True)
+        assert {key: client.get(key) for key in keys} == keys
+        client.close()
+
+
+def test_a_topology_that_fails_to_start_leaves_no_process_behind(monkeypatch):
+    started = []
+
+    def fail(self, timeout):
+        started.extend(n.pid for n in self.nodes)
+        raise TimeoutError("simulated")
+
+    monkeypatch.setattr(SentinelSet, "_wait_for_discovery", fail)
+    with pytest.raises(TimeoutError, match="simulated"), SentinelSet():
+        pass
+    assert len(started) == 5 and not any(pid_alive(pid) for pid in started)
+
