@@ -195,8 +195,8 @@ class PersistentRedis(_Topology):
     """A standalone redis-server with RDB, and optionally AOF (appendfsync everysec or always).
 
     `snapshot()` saves and keeps a copy of the dump; `restart_from(snapshot)` SIGKILLs the server,
-    puts that dump back (dropping any AOF, which Redis would otherwise load instead) and starts it
-    on the same port: Redis comes back exactly as old as the snapshot."""
+    puts that dump back (replacing any AOF, which Redis would otherwise load instead) and starts it
+    on the same port: Redis comes back exactly as old as the snapshot, with its AOF setting intact."""
 
     def __init__(self, appendfsync: str | None = None) -> None:
         if appendfsync not in (None, "everysec", "always", "no"):
@@ -253,11 +253,49 @@ class PersistentRedis(_Topology):
         self.node.kill()
         shutil.rmtree(self.aof_dir, ignore_errors=True)
         shutil.copyfile(snapshot, self.dump_file)
-        self.node.start()
+        if not self.appendfsync:
+            self.node.start()
+            return
+        # Redis 7.0 with appendonly yes and no AOF starts empty, ignoring the dump: load the dump with
+        # AOF off, then turn AOF on, which writes a new AOF base from the loaded data.
+        self.node.start(["--appendonly", "no"])
+        self.node.call("CONFIG", "SET", "appendonly", "yes")
+        _wait(self._aof_rewritten, START_TIMEOUT, "AOF base written from the snapshot")
+
+    def _aof_rewritten(self) -> bool:
+        info = self.node.call("INFO", "persistence")
+        return (info["aof_enabled"] == 1 and info["aof_rewrite_in_progress"] == 0
+                and info["aof_rewrite_scheduled"] == 0 and info["aof_last_bgrewrite_status"] == "ok")
 
     def kill(self) -> None:
-        """SIGKILL, as a crash: whatever the AOF had not yet fsynced is lost."""
+        """SIGKILL. The AOF survives it whole (what was written but not yet fsynced is still in the
+        page cache); to model a machine crash losing the unsynced tail, use aof_mark()/crash_to()."""
         self.node.kill()
+
+    def _incr_aof(self) -> Path:
+        manifest = (self.aof_dir / "appendonly.aof.manifest").read_text().split("\n")
+        incr = [line.split()[1] for line in manifest if line.endswith(" type i")]
+        if not incr:
+            raise RuntimeError("no incremental AOF file in the manifest")
+        return self.aof_dir / incr[-1]
+
+    def aof_mark(self) -> tuple[Path, int]:
+        """Where the AOF ends now (file and size), for crash_to()."""
+        if not self.appendfsync:
+            raise RuntimeError("AOF is off")
+        path = self._incr_aof()
+        return path, path.stat().st_size
+
+    def crash_to(self, mark: tuple[Path, int]) -> None:
+        """SIGKILL, cut the AOF back to `mark` (every write since is lost, as after an OS crash with
+        appendfsync everysec), and start again from it."""
+        path, size = mark
+        self.node.kill()
+        if self._incr_aof() != path:
+            raise RuntimeError("the AOF was rewritten since the mark; take a new mark")
+        with path.open("r+b") as aof:
+            aof.truncate(size)
+        self.node.start()
 
     def stop(self) -> None:
         self.node.stop()

@@ -46,15 +46,40 @@ def test_a_restart_from_a_snapshot_brings_back_exactly_the_snapshot():
 def test_aof_always_survives_a_sigkill_and_a_snapshot_restore_ignores_the_aof():
     with PersistentRedis(appendfsync="always") as server:
         client = server.client(decode_responses=True)
+        client.set("before", "1")
         snapshot = server.snapshot()
         client.set("written", "1")
         server.kill()
         server.start()
-        assert server.client(decode_responses=True).get("written") == "1"
+        client = server.client(decode_responses=True)
+        assert (client.get("before"), client.get("written")) == ("1", "1")
 
         server.restart_from(snapshot)
-        assert server.client(decode_responses=True).get("written") is None
-        assert server.client().config_get("appendfsync") == {"appendfsync": "always"}
+        client = server.client(decode_responses=True)
+        assert (client.get("before"), client.get("written")) == ("1", None)
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}
+
+        client.set("after-restore", "1")  # the AOF is live again: a crash now keeps this write
+        server.kill()
+        server.start()
+        client = server.client(decode_responses=True)
+        assert (client.get("before"), client.get("after-restore")) == ("1", "1")
+
+
+def test_an_aof_cut_back_to_a_mark_loses_exactly_the_writes_after_it():
+    with PersistentRedis(appendfsync="everysec") as server:
+        client = server.client(decode_responses=True)
+        client.set("kept", "1")
+        time.sleep(1.2)  # everysec: let the write reach the file before marking where it ends
+        mark = server.aof_mark()
+        client.incr("lost")
+        client.incr("lost")
+
+        server.crash_to(mark)
+
+        client = server.client(decode_responses=True)
+        assert (client.get("kept"), client.get("lost")) == ("1", None)
 
 
 def test_a_killed_master_fails_over_to_the_replica_and_comes_back_as_its_replica():
