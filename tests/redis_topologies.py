@@ -351,9 +351,9 @@ class SentinelSet(_Topology):
             }, sentinel=True)
             sentinel.start()
             self.sentinels.append(sentinel)
-        self._wait_for_discovery(START_TIMEOUT)
+        self.wait_until_ready(START_TIMEOUT)
 
-    def _wait_for_discovery(self, timeout: float) -> None:
+    def wait_until_ready(self, timeout: float) -> None:
         replicas = self._data_node_count - 1
 
         def everyone_seen() -> bool:
@@ -440,9 +440,25 @@ class SentinelSet(_Topology):
         node, self.killed = self.killed, None
         host, port = self.master_address()
         node.start(["--replicaof", host, str(port)])
-        _wait(lambda: node.call("INFO", "replication").get("master_link_status") == "up", timeout,
-              f"restarted node {node.port} in sync")
+        self.wait_for_replica(node, timeout)
+        self.wait_until_ready(timeout)
         return node
+
+    def wait_for_replica(self, node: RedisNode, timeout: float = 30.0) -> None:
+        """Wait until `node` is a replica of the current master, in sync."""
+        def in_sync() -> bool:
+            info = node.call("INFO", "replication")
+            return (info.get("role") == "slave" and info.get("master_link_status") == "up"
+                    and (info.get("master_host"), info.get("master_port")) == self.master_address())
+
+        _wait(in_sync, timeout, f"node {node.port} replicating the master", interval=0.1)
+
+    def manual_failover(self, timeout: float = 30.0) -> tuple[Address, RedisNode]:
+        """SENTINEL FAILOVER with the master alive; returns the new master's address and the old master,
+        which Sentinel demotes to a replica some seconds later (see wait_for_replica)."""
+        old = self.master
+        self.sentinels[0].call("SENTINEL", "FAILOVER", self.service)
+        return self.wait_for_failover(timeout, old=old.address), old
 
     def sentinel_client(self, **connection_kwargs: Any) -> redis.sentinel.Sentinel:
         import redis.sentinel

@@ -4,11 +4,15 @@ cluster's shards really are separate (a FLUSHALL or a snapshot restore touches o
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
@@ -140,6 +144,56 @@ def test_the_cluster_has_three_masters_and_each_shard_can_be_flushed_or_restored
         client.close()
 
 
+def test_a_restart_and_a_promotion_both_forget_loaded_scripts():
+    """Scripts live in memory only: not in the RDB, not in the AOF, not replicated (Redis 7)."""
+    script = "return 1"
+    with PersistentRedis(appendfsync="always") as server:
+        sha = server.client().script_load(script)
+        assert server.client().script_exists(sha) == [True]
+        server.kill()
+        server.start()
+        assert server.client().script_exists(sha) == [False]
+    with SentinelSet(service="scripts") as topology:
+        master, replica = topology.data_nodes
+        with master.client() as client:
+            client.script_load(script)
+            client.eval("return 2", 0)
+        evaluated = hashlib.sha1(b"return 2").hexdigest()
+        assert master.call("SCRIPT", "EXISTS", sha, evaluated) == [1, 1]
+        topology.kill_master()
+        assert topology.wait_for_failover() == replica.address
+        assert replica.call("SCRIPT", "EXISTS", sha, evaluated) == [0, 0]
+
+
+def test_sentinel_closes_client_connections_on_both_sides_of_a_failover():
+    """Sentinel sends CLIENT KILL TYPE normal to the replica it promotes and to the master it demotes,
+    so every client of either reconnects and sees a new connection."""
+    def held(node):
+        connection = redis.Connection(host="127.0.0.1", port=node.port, socket_timeout=2, retry=Retry(NoBackoff(), 0))
+        connection.connect()
+        return connection
+
+    def closed(connection) -> bool:
+        try:
+            connection.send_command("PING")
+            connection.read_response()
+        except redis.ConnectionError:
+            return True
+        return False
+
+    with SentinelSet(service="kills") as topology:
+        old_master, replica = topology.data_nodes
+        on_master, on_replica = held(old_master), held(replica)
+        new_master, demoted = topology.manual_failover()
+        assert (new_master, demoted) == (replica.address, old_master)
+        topology.wait_for_replica(old_master)
+        assert closed(on_replica)
+        assert closed(on_master)
+        control = held(replica)
+        assert not closed(control)
+        control.disconnect()
+
+
 def test_a_topology_that_fails_to_start_leaves_no_process_behind(monkeypatch):
     started = []
 
@@ -147,7 +201,7 @@ def test_a_topology_that_fails_to_start_leaves_no_process_behind(monkeypatch):
         started.extend(n.pid for n in self.nodes)
         raise TimeoutError("simulated")
 
-    monkeypatch.setattr(SentinelSet, "_wait_for_discovery", fail)
+    monkeypatch.setattr(SentinelSet, "wait_until_ready", fail)
     with pytest.raises(TimeoutError, match="simulated"), SentinelSet():
         pass
     assert len(started) == 5 and not any(pid_alive(pid) for pid in started)
