@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import redis
 
@@ -164,7 +164,7 @@ class _Topology:
         self.nodes.append(node)
         return node
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self.root = Path(tempfile.mkdtemp(prefix=f"taskgate-{self._prefix}-"))
         try:
             self._start()
@@ -353,7 +353,7 @@ class SentinelSet(_Topology):
             self.sentinels.append(sentinel)
         self.wait_until_ready(START_TIMEOUT)
 
-    def wait_until_ready(self, timeout: float) -> None:
+    def wait_until_ready(self, timeout: float = START_TIMEOUT) -> None:
         replicas = self._data_node_count - 1
 
         def everyone_seen() -> bool:

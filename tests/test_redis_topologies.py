@@ -13,7 +13,6 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
-from redis.sentinel import Sentinel
 
 from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
 
@@ -92,7 +91,7 @@ def test_a_killed_master_fails_over_to_the_replica_and_comes_back_as_its_replica
             f"127.0.0.1:{s.port}" for s in topology.sentinels) + "/topo-test"
         old_master, replica = topology.data_nodes
         assert topology.master_address() == old_master.address
-        sentinel = Sentinel(topology.sentinel_addresses, socket_timeout=0.5)
+        sentinel = topology.sentinel_client()
         client = sentinel.master_for("topo-test", socket_timeout=0.5, decode_responses=True)
         client.set("k", "v")
         old_pid = old_master.pid
@@ -121,7 +120,7 @@ def test_the_cluster_has_three_masters_and_each_shard_can_be_flushed_or_restored
     with ClusterSet() as cluster:
         assert cluster.url == "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster.masters)
         assert len(cluster.masters) == 3
-        client = RedisCluster.from_url(f"redis://127.0.0.1:{cluster.masters[0].port}", decode_responses=True)
+        client = cluster.cluster_client(decode_responses=True)
         keys = {f"{{bucket{i}}}:marker": str(i) for i in range(30)}
         for key, value in keys.items():
             client.set(key, value)
