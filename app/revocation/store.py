@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.exceptions import RedisError
 from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -45,7 +44,7 @@ from app.errors import ServiceUnavailable
 from app.models import Revocation
 from app.observability import BACKEND_ERRORS, REVOCATION_CHECKS, labelled
 from app.revocation.keys import BUCKETS, KeyLayout, bucket_of
-from app.revocation.topology import RedisStore, ScriptCall
+from app.revocation.topology import REDIS_ERRORS, RedisStore, ScriptCall
 from app.security.tokens import Principal, token_digest
 
 log = logging.getLogger(__name__)
@@ -95,6 +94,8 @@ def _timestamp(value: float | None) -> datetime | None:
 
 class RevocationStore:
     def __init__(self, settings: Settings, database: Database) -> None:
+        self._connections = 0  # connections to Redis opened by this process
+        self._verified = -1  # the value of _connections when Redis was last verified
         self.redis = RedisStore(settings, on_connect=self._connection_opened)
         self.keys = KeyLayout(settings.redis_key_prefix)
         self.database = database
@@ -103,8 +104,6 @@ class RevocationStore:
         self.user_claim = settings.user_claim
         self.sync_seconds = settings.revocation_sync_seconds
         self._floor = [0] * BUCKETS  # per bucket, a sequence the table is known to have reached
-        self._connections = 0  # connections to Redis opened by this process
-        self._verified = -1  # the value of _connections when Redis was last verified
         self._synced_at = -math.inf  # when the floor was last read from the table
         self._verifying = threading.Lock()
 
@@ -390,7 +389,7 @@ class RevocationStore:
     def _redis(self) -> Iterator[None]:
         try:
             yield
-        except RedisError as error:
+        except REDIS_ERRORS as error:
             raise unavailable(error) from None
 
     def check_eviction_policy(self) -> None:
@@ -398,7 +397,7 @@ class RevocationStore:
         try:
             policies = [client.config_get("maxmemory-policy").get("maxmemory-policy", "")
                         for client in self.redis.primaries()]
-        except RedisError as error:
+        except REDIS_ERRORS as error:
             log.warning("could not read Redis maxmemory-policy (%s); make sure it is noeviction",
                         type(error).__name__)
             return
@@ -407,7 +406,7 @@ class RevocationStore:
                 raise ConfigError(f"Redis maxmemory-policy is {policy}: revocations need noeviction")
 
 
-def unavailable(error: RedisError) -> ServiceUnavailable:
+def unavailable(error: Exception) -> ServiceUnavailable:
     # Fail closed: no answer from Redis is never a pass.
     log.warning("redis unavailable", extra={"fields": {"error": type(error).__name__}})
     BACKEND_ERRORS.labels("redis").inc()

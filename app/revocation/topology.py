@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -34,6 +35,8 @@ from app.config import ConfigError, Settings
 from app.revocation.scripts import SCRIPTS
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
+# What a Redis that cannot answer raises (RedisCluster's own exceptions are not RedisErrors).
+REDIS_ERRORS = (RedisError, RedisClusterException)
 HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]/]+)):(?P<port>\d{1,5})$")
 
 
@@ -146,13 +149,30 @@ class RedisStore:
                                                   redis_connect_func=self._handshake, **auth, **common)
             else:
                 self.clustered = True
-                # RedisCluster runs each connection's handshake itself, then ours.
-                self.client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
-                                           ssl=target.tls, redis_connect_func=lambda _connection: self._on_connect(),
-                                           **auth, **common)
+                # RedisCluster connects as it is made: made on first use, so that a cluster
+                # down at start is a 503 then, not a worker that cannot start. It runs each
+                # connection's handshake itself, then ours.
+                self._cluster_options = {
+                    "startup_nodes": [ClusterNode(h, p) for h, p in target.hosts], "ssl": target.tls,
+                    "redis_connect_func": lambda _connection: self._on_connect(), **auth, **common}
+                self._cluster: RedisCluster | None = None
+                self._cluster_lock = threading.Lock()
         self._sources = SCRIPTS
         self._shas = {name: hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
                       for name, source in SCRIPTS.items()}
+
+    @property
+    def client(self) -> Any:
+        if not self.clustered:
+            return self._client
+        with self._cluster_lock:
+            if self._cluster is None:
+                self._cluster = RedisCluster(**self._cluster_options)
+            return self._cluster
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        self._client = value
 
     def _handshake(self, connection: Any) -> None:
         connection.on_connect()  # redis-py's own: AUTH, HELLO, SELECT
@@ -231,5 +251,6 @@ class RedisStore:
             client.ping()
 
     def close(self) -> None:
-        self.client.close()
+        if not self.clustered or self._cluster is not None:
+            self.client.close()
 
