@@ -163,6 +163,15 @@ def revoke_token(jti_or_token: str, reason: str | None) -> None:
         _revoke(lambda store: store.revoke_jti(jti_or_token, "cli", reason), jti_or_token)
 
 
+@revoke_cli.command("prune")
+@click.option("--keep-days", default=30, show_default=True, type=click.IntRange(0, 36500),
+              help="Keep this many days of history after a revocation stops mattering.")
+def revoke_prune(keep_days: int) -> None:
+    """Delete audit rows that can no longer affect any token (expired more than KEEP_DAYS ago)."""
+    deleted = services().store.prune(keep_days * 86400)
+    click.echo(f"deleted {deleted} revocation records that expired more than {keep_days} days ago")
+
+
 def register_cli(app: Flask) -> None:
     app.cli.add_command(db_cli)
     app.cli.add_command(token_cli)

@@ -219,3 +219,29 @@ def test_cli_revocations_are_recorded_as_the_cli(app, client, make_token):
     rows = audit_rows(app)
     assert {r["actor"] for r in rows} == {"cli"} and rows[0]["reason"] == "offboarding"
     assert runner.invoke(args=["revoke", "token", "a.b.c"]).exit_code != 0
+
+
+def test_prune_deletes_what_can_no_longer_matter_and_keeps_each_bucket_sequence(app, client, store, make_token):
+    from app.revocation.keys import bucket_of
+
+    now = time.time()
+    old = [RevocationTarget("jti", f"old-{n}", now - 40 * 86400, "alice") for n in range(3)]
+    for target in old:
+        store.revoke(target, "test", None)
+    recent = store.revoke(RevocationTarget("jti", "recent-expired", now - 86400, "alice"), "test", None)
+    live = make_token("alice", jti="live")
+    assert client.post("/api/v1/auth/logout", headers=bearer(live)).status_code == 204
+    result = app.test_cli_runner().invoke(args=["revoke", "prune", "--keep-days", "30"])
+    assert result.exit_code == 0, result.output
+    remaining = {row["target"] for row in audit_rows(app)}
+    # Expired 40 days ago: gone, unless it holds its bucket's last sequence.
+    tops = {bucket_of(t.value): max(r["seq"] for r in audit_rows(app) if r["bucket"] == bucket_of(t.value))
+            for t in old}
+    for target in old:
+        kept = any(r["target"] == target.value and r["seq"] == tops[bucket_of(target.value)]
+                   for r in audit_rows(app))
+        assert (target.value in remaining) is kept
+    assert {"recent-expired", "live"} <= remaining
+    assert f"deleted {3 - sum(t.value in remaining for t in old)} " in result.output
+    next_one = store.revoke_jti(f"after-prune-{recent['bucket']}", "test")
+    assert next_one["seq"] > 0 and status(client, live) == "token_revoked"

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from app.config import ConfigError, Settings
@@ -380,6 +380,20 @@ class RevocationStore:
         return self.revoke(self.token_target(claims), actor, reason)
 
     # --- operations -----------------------------------------------------------------
+
+    def prune(self, keep_seconds: float) -> int:
+        """Delete the rows that expired more than `keep_seconds` ago: no token they deny is still
+        accepted, so nothing in Redis depends on them. Each bucket keeps its last row, which
+        holds its sequence (the next revocation must not reuse a number Redis has applied)."""
+        deleted = 0
+        horizon = _timestamp(time.time() - keep_seconds)
+        for bucket, top in enumerate(self._table_tops()):
+            rows = self.database.rows(
+                delete(Revocation).where(Revocation.bucket == bucket, Revocation.expires_at < horizon,
+                                         Revocation.seq < top).returning(Revocation.id))
+            deleted += len(rows)
+        log.info("revocation records pruned", extra={"fields": {"deleted": deleted}})
+        return deleted
 
     def ping(self) -> None:
         with self._redis():
