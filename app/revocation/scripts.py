@@ -70,10 +70,10 @@ return reply
 
 # Apply revocations of one bucket.
 # KEYS: the bucket's state key, then one key per entry.
-# ARGV: mode, from, to, then per entry: op, value, score, ttl, where op is
-#       set   SET key 1 (a token, a jti, a session)
-#       max   SET key value unless it holds a greater one (a user's cutoff)
-#       zadd  ZADD key score value (a token a user revocation covers by name)
+# ARGV: mode, from, to, then per entry its op and its arguments:
+#       s ttl               SET key 1 (a token, a jti, a session)
+#       m value ttl         SET key value unless it holds a greater one (a user's cutoff)
+#       z member score ttl  ZADD key score member (a token a user revocation covers by name)
 # Modes:
 #   ordered  the entries are every live revocation with a sequence in (from, to]: applied when
 #            the state is `from`, which then becomes `to`. Returns {0, state} when applied or
@@ -93,17 +93,22 @@ if mode == 'ordered' and state then
   if tonumber(state) >= tonumber(ARGV[3]) then return {0, state} end
   if tonumber(state) ~= tonumber(ARGV[2]) then return {2, state} end
 end
+local a = 4
 for i = 2, #KEYS do
-  local a = 4 * (i - 2) + 4
-  local op, value, score, ttl = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  if op == 'set' then
-    redis.call('SET', KEYS[i], '1', 'EX', ttl)
-  elseif op == 'max' then
+  local op = ARGV[a]
+  if op == 's' then
+    redis.call('SET', KEYS[i], '1', 'EX', ARGV[a + 1])
+    a = a + 2
+  elseif op == 'm' then
     local current = redis.call('GET', KEYS[i])
-    if not current or tonumber(current) < tonumber(value) then redis.call('SET', KEYS[i], value, 'EX', ttl) end
+    if not current or tonumber(current) < tonumber(ARGV[a + 1]) then
+      redis.call('SET', KEYS[i], ARGV[a + 1], 'EX', ARGV[a + 2])
+    end
+    a = a + 3
   else
-    redis.call('ZADD', KEYS[i], score, value)
-    if redis.call('TTL', KEYS[i]) < tonumber(ttl) then redis.call('EXPIRE', KEYS[i], ttl) end
+    redis.call('ZADD', KEYS[i], ARGV[a + 2], ARGV[a + 1])
+    if redis.call('TTL', KEYS[i]) < tonumber(ARGV[a + 3]) then redis.call('EXPIRE', KEYS[i], ARGV[a + 3]) end
+    a = a + 4
   end
 end
 if mode == 'ordered' then

@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ from app.security.tokens import Principal, token_digest
 
 log = logging.getLogger(__name__)
 EVICTING_POLICIES = ("allkeys-", "volatile-")
+KEY_SEGMENTS = {"jti": "jti", "session": "sid"}
 RECORD_COLUMNS = (Revocation.id, Revocation.kind, Revocation.target, Revocation.user_id, Revocation.actor,
                   Revocation.reason, Revocation.created_at, Revocation.expires_at, Revocation.cutoff,
                   Revocation.covers, Revocation.bucket, Revocation.seq)
@@ -56,6 +58,10 @@ PAGE = 5000  # rows read and applied at a time when repairing
 LOCK_MS = 60_000  # a repair's lock lives at most this long (its holder may die)
 LOCK_WAIT_SECONDS = 0.5  # how long a check waits for another's repair before a 503
 INSERT_ATTEMPTS = 20  # concurrent revocations of one bucket take turns for its next sequence
+# What Redis needs of a revocation (scripts.APPLY).
+APPLIED_COLUMNS = (Revocation.kind, Revocation.target, Revocation.user_id, Revocation.cutoff, Revocation.covers,
+                   Revocation.expires_at, Revocation.seq)
+REPAIR_THREADS = 4  # buckets repaired at once (their reads, Python and Redis overlap)
 _NEXT_SEQ = select(func.coalesce(func.max(Revocation.seq), 0) + 1).where(
     Revocation.bucket == bindparam("of_bucket")).scalar_subquery()
 _TOPS = select(*[select(func.max(Revocation.seq)).where(Revocation.bucket == b).scalar_subquery()
@@ -150,7 +156,7 @@ class RevocationStore:
                 if stale is not None and not lost:
                     self.repair(stale)
                 else:
-                    self.verify()
+                    self.verify(wait=LOCK_WAIT_SECONDS)
         raise ServiceUnavailable("The revocation list is being restored; try again shortly.")
 
     def _exchange(self, principal: Principal, window: Any) -> tuple[Verdict, int | None, bool]:
@@ -212,7 +218,7 @@ class RevocationStore:
 
     def _keep_verified(self) -> None:
         if self._verified != self._connections:
-            self.verify()
+            self.verify(wait=LOCK_WAIT_SECONDS)
         elif time.monotonic() - self._synced_at > self.sync_seconds and self._verifying.acquire(blocking=False):
             try:
                 self._raise_floor(self._table_tops())
@@ -220,23 +226,33 @@ class RevocationStore:
             finally:
                 self._verifying.release()
 
-    def verify(self) -> None:
+    def verify(self, wait: float = -1) -> None:
         """Every bucket of Redis against the table: missing, behind or (the table restored to
-        something older) ahead of it, it is repaired before anyone trusts it."""
-        with self._verifying:
+        something older) ahead of it, it is repaired before anyone trusts it. `wait`: how long
+        to wait for a verification under way in another thread (-1: as long as it takes)."""
+        if not self._verifying.acquire(timeout=wait):
+            raise ServiceUnavailable("The revocation list is being restored; try again shortly.")
+        try:
             states = self.redis.get_many([self.keys.state(b) for b in range(BUCKETS)])  # Redis first, then
-            opened = self._connections  # (counting a connection this read opened: it read this Redis)
             tops = self._table_tops()  # the table: a state above its top is then never a race
             self._raise_floor(tops)
             repaired = [bucket for bucket, state in enumerate(states)
                         if state is None or not self._floor[bucket] <= int(state) <= tops[bucket]]
-            for bucket in repaired:
-                self.repair(bucket)
+            if len(repaired) > 1:
+                with ThreadPoolExecutor(min(REPAIR_THREADS, len(repaired)), thread_name_prefix="repair") as pool:
+                    list(pool.map(self.repair, repaired))
+            elif repaired:
+                self.repair(repaired[0])
+            # Connections opened by this verification read this Redis. (One another thread opened
+            # meanwhile to another Redis is still compared with the floor just read, on every check.)
+            opened = self._connections
             if repaired:
                 missing = sum(states[bucket] is None for bucket in repaired)
                 log.warning("Redis was missing revocations or behind the database: repaired from it",
                             extra={"fields": {"buckets": repaired, "missing": missing}})
             self._verified, self._synced_at = opened, time.monotonic()
+        finally:
+            self._verifying.release()
 
     def _table_tops(self) -> list[int]:
         return [top or 0 for top in self.database.rows(_TOPS)[0]]
@@ -266,7 +282,7 @@ class RevocationStore:
 
     def _rows(self, bucket: int, after: int, upto: int, live_only: bool) -> Iterator[Sequence[Any]]:
         """The bucket's revocations with a sequence in (after, upto], in order, a page at a time."""
-        statement = select(*RECORD_COLUMNS).where(Revocation.bucket == bucket, Revocation.seq > bindparam("after"),
+        statement = select(*APPLIED_COLUMNS).where(Revocation.bucket == bucket, Revocation.seq > bindparam("after"),
                                                   Revocation.seq <= upto)
         if live_only:
             statement = statement.where(Revocation.expires_at > _timestamp(time.time()))
@@ -302,29 +318,25 @@ class RevocationStore:
             "bucket": bucket, "sequence": upto}})
 
     def _apply(self, bucket: int, rows: Sequence[Any], mode: str, after: int = 0, to: int = 0) -> Any:
+        """scripts.APPLY for revocations of `bucket` (rows of APPLIED_COLUMNS): a key, an op
+        and its arguments per Redis entry."""
         keys, args = [self.keys.state(bucket)], [mode, after, to]
-        now = time.time()
-        for row in rows:
-            ttl = math.ceil(row.expires_at.timestamp() - now)
+        tag, now = self.keys.tag(bucket), time.time()
+        for kind, target, user_id, cutoff, covers, expires_at, _seq in rows:
+            ttl = math.ceil(expires_at.timestamp() - now)
             if ttl < 1:
                 continue  # no token it can affect is still accepted
-            for key, op, value, score in self._entries(row):
-                keys.append(key)
-                args += [op, value, score, ttl]
+            if kind == "user":
+                keys.append(f"{tag}user:{target}")
+                args += ["m", f"{cutoff.timestamp():.6f}", ttl]
+                for name, last_valid in covers or ():
+                    keys.append(f"{tag}skewed:{target}")
+                    args += ["z", name, repr(last_valid), ttl]
+                continue
+            # KeyLayout's jti(), session() and token(), with the bucket already known.
+            keys.append(f"{tag}tok:{user_id}:{target}" if kind == "token" else f"{tag}{KEY_SEGMENTS[kind]}:{target}")
+            args += ["s", ttl]
         return self.redis.run(ScriptCall("apply", keys, args))
-
-    def _entries(self, row: Any) -> list[tuple[str, str, str, str]]:
-        """(key, op, value, score) for each Redis entry of one revocation (scripts.APPLY)."""
-        keys = self.keys
-        if row.kind == "jti":
-            return [(keys.jti(row.target), "set", "", "")]
-        if row.kind == "session":
-            return [(keys.session(row.target), "set", "", "")]
-        if row.kind == "token":
-            return [(keys.token(row.user_id, row.target), "set", "", "")]
-        entries = [(keys.cutoff(row.target), "max", f"{row.cutoff.timestamp():.6f}", "")]
-        entries += [(keys.skewed(row.target), "zadd", name, repr(last_valid)) for name, last_valid in row.covers or ()]
-        return entries
 
     # --- writes --------------------------------------------------------------------
 
@@ -334,7 +346,8 @@ class RevocationStore:
         record = self._insert(target, actor, reason)
         try:
             with self._redis():
-                reply = self._apply(record.bucket, [record], "ordered", record.seq - 1, record.seq)
+                reply = self._apply(record.bucket, [[getattr(record, c.key) for c in APPLIED_COLUMNS]], "ordered",
+                                    record.seq - 1, record.seq)
                 if reply[0] == 2:  # an earlier revocation of this bucket is not in Redis yet
                     self._floor[record.bucket] = max(self._floor[record.bucket], record.seq)
                     self.repair(record.bucket)
