@@ -39,6 +39,7 @@ class EndpointSpec:
     body_required: bool
     query: type[BaseModel] | None
     path: type[BaseModel] | None  # validates the rule's variables (and documents them)
+    form: type[BaseModel] | None  # a form-encoded body, parsed by the view with parse_form (OAuth errors)
     response: Any  # a model, list[model], or None for an empty response
     status: int
     errors: tuple[int, ...]
@@ -106,6 +107,20 @@ def parse_body(model: type[BaseModel], required: bool = True) -> BaseModel:
         raise ValidationFailed("The request body failed validation.", errors) from None
 
 
+def parse_form(model: type[BaseModel]) -> BaseModel:
+    """An application/x-www-form-urlencoded body, for an OAuth or OpenID peer: its errors are
+    OAuth's 400 invalid_request (app.errors.InvalidRequest)."""
+    from app.errors import InvalidRequest
+
+    if request.mimetype != "application/x-www-form-urlencoded":
+        raise InvalidRequest("the body must be application/x-www-form-urlencoded")
+    try:
+        return model.model_validate(request.form.to_dict())
+    except ValidationError as error:
+        fields = ", ".join(".".join(str(part) for part in item["loc"]) for item in error.errors())
+        raise InvalidRequest(f"invalid or missing: {fields}") from None
+
+
 def parse_path(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
     try:
         return model.model_validate(values)
@@ -129,13 +144,14 @@ def endpoint(
     body_required: bool = True,
     query: type[BaseModel] | None = None,
     path: type[BaseModel] | None = None,
+    form: type[BaseModel] | None = None,
     response: Any = None,
     status: int = 200,
     errors: tuple[int, ...] = (),
     headers: dict[str, str] | None = None,
     rate_limited: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    spec = EndpointSpec(summary, tag, auth, body, body_required, query, path, response, status, errors,
+    spec = EndpointSpec(summary, tag, auth, body, body_required, query, path, form, response, status, errors,
                         headers or {}, rate_limited)
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:

@@ -65,6 +65,7 @@ class Settings:
     user_claim: str
     leeway_seconds: int
     max_age_seconds: int
+    logout_token_max_age_seconds: int
     admin_user_ids: frozenset[str]
     # HTTP
     cors_origins: tuple[str, ...]
@@ -247,6 +248,7 @@ def _tokens(env: Mapping[str, str]) -> dict[str, Any]:
         "user_claim": env.get("JWT_USER_CLAIM", "").strip() or "sub",
         "leeway_seconds": _int(env, "JWT_LEEWAY_SECONDS", 30),
         "max_age_seconds": _int(env, "JWT_MAX_AGE_SECONDS", 604800, minimum=1),
+        "logout_token_max_age_seconds": _int(env, "LOGOUT_TOKEN_MAX_AGE_SECONDS", 300, minimum=1),
         "admin_user_ids": frozenset(_csv(env.get("ADMIN_USER_IDS"))),
     }
 

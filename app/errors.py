@@ -75,6 +75,14 @@ class TokenRejected(Unauthorized):
         super().__init__(code, detail)
 
 
+class InvalidRequest(ApiError):
+    """OAuth 2.0's error shape (RFC 6749 §5.2), for the endpoints an OAuth or OpenID peer calls
+    (the back-channel logout receiver): a 400 whose body is {"error", "error_description"}."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(400, "invalid_request", description, headers={"Cache-Control": "no-store"})
+
+
 class Forbidden(ApiError):
     def __init__(self, detail: str = "You are not allowed to do this.") -> None:
         super().__init__(403, "forbidden", detail)
@@ -116,6 +124,11 @@ def problem_response(
 
 
 def api_error_response(error: ApiError) -> Response:
+    if isinstance(error, InvalidRequest):
+        body = orjson.dumps({"error": error.code, "error_description": error.detail})
+        response = Response(body, status=error.status, mimetype="application/json")
+        response.headers.update(error.headers)
+        return response
     return problem_response(error.status, error.code, error.detail, error.headers, error.extra)
 
 

@@ -11,9 +11,10 @@ from flask import Flask
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from app.schemas import Problem
+from app.schemas import OAuthError, Problem
 
 ERROR_DESCRIPTIONS = {
+    400: "Invalid request (OAuth 2.0 error shape)",
     401: "Missing, invalid, expired or revoked token",
     403: "Forbidden",
     404: "Not found (also another user's task)",
@@ -79,12 +80,17 @@ def _operation(spec: Any, path_params: list[dict[str, Any]], operation_id: str) 
         errors.add(429)
     if spec.auth == "admin":
         errors.add(403)
-    if spec.body or spec.query or spec.path:
+    if spec.body or spec.query or spec.path:  # (a form's errors are OAuth's 400)
         errors.add(422)
     if spec.body:
         errors |= {413, 415}
+    if spec.form:
+        errors.add(413)
     for status in sorted(errors):
-        responses[str(status)] = {"description": ERROR_DESCRIPTIONS[status], "content": problem}
+        content = problem
+        if status == 400 and spec.form:
+            content = {"application/json": {"schema": {"$ref": "#/components/schemas/OAuthError"}}}
+        responses[str(status)] = {"description": ERROR_DESCRIPTIONS[status], "content": content}
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": spec.summary,
@@ -92,6 +98,9 @@ def _operation(spec: Any, path_params: list[dict[str, Any]], operation_id: str) 
         "parameters": path_params + (_query_parameters(spec.query) if spec.query else []),
         "responses": responses,
     }
+    if spec.form:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/x-www-form-urlencoded": {"schema": {"$ref": f"#/components/schemas/{spec.form.__name__}"}}}}
     if spec.body:
         operation["requestBody"] = {
             "required": spec.body_required,
@@ -113,7 +122,9 @@ def build_openapi(app: Flask) -> dict[str, Any]:
         operation_id = rule.endpoint.replace(".", "_") + ("_for_path_user" if "{user_id}/tasks" in path else "")
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(spec, path_params, operation_id)
-        models.update(m for m in (spec.body,) if m)
+        models.update(m for m in (spec.body, spec.form) if m)
+        if spec.form:
+            models.add(OAuthError)
         models.update(_models_of(spec.response))
     modes = [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)]
     _, definitions = models_json_schema(modes, ref_template="#/components/schemas/{model}")

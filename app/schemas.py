@@ -171,13 +171,13 @@ class UserRevoked(BaseModel):
 
 
 class Revoked(BaseModel):
-    revoked: Literal["jti", "token", "session", "user"]
+    revoked: Literal["jti", "token", "session", "user", "sidless"]
     target: str
 
 
 class RevocationRecord(BaseModel):
     id: int
-    kind: Literal["jti", "token", "session", "user"]
+    kind: Literal["jti", "token", "session", "user", "sidless"]
     target: str
     user_id: str | None
     actor: str
@@ -215,3 +215,19 @@ class Problem(BaseModel):
     detail: str
     code: str
     errors: list[FieldError] | None = None
+
+
+class BackchannelLogoutForm(BaseModel):
+    """OpenID Connect Back-Channel Logout 1.0 §2.5: the logout token, form-encoded."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    logout_token: Annotated[str, StringConstraints(min_length=1, max_length=16384)] = Field(
+        description="A JWT signed by the issuer: iss, aud, iat, exp, jti, events, and sub and/or sid")
+
+
+class OAuthError(BaseModel):
+    """RFC 6749 §5.2, the error shape OAuth and OpenID peers read."""
+
+    error: Literal["invalid_request"]
+    error_description: str

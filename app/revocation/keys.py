@@ -6,8 +6,9 @@ script can read and write all of it atomically. Each bucket has its own state ke
 sequence number of the last revocation of that bucket it has applied (app.revocation.store).
 
 A revocation belongs to the bucket of what names it:
-    user        the user id (its cutoff, its tokens accepted ahead of the clock, its rate counter,
+    user        the user id (its cutoffs, its tokens accepted ahead of the clock, its rate counter,
                 and its jti-less tokens' digests: a logout of one always knows the user)
+    sidless     the user id
     jti         the jti (an admin revoking a jti does not know the user)
     session     the sid
 
@@ -55,6 +56,10 @@ class KeyLayout:
 
     def cutoff(self, user_id: str) -> str:
         return f"{self.tag(bucket_of(user_id))}user:{user_id}"
+
+    def sidless(self, user_id: str) -> str:
+        """A cutoff for the user's tokens that carry no sid (a back-channel logout of a session)."""
+        return f"{self.tag(bucket_of(user_id))}sidless:{user_id}"
 
     def ahead(self, user_id: str) -> str:
         """The user's tokens accepted with an `iat` ahead of Redis's clock (a sorted set)."""

@@ -10,9 +10,11 @@ clock (TIME), the one every app instance shares.
 # remember it by name: a user revocation made before its `iat` must still cover it, without
 # moving the user's cutoff (which would refuse the next tokens of issuers whose clocks are right).
 # KEYS: the state key of each bucket read; the keys that deny the token when present; with a
-#       user part: the user's cutoff, tokens ahead and tokens skewed; with a count: the counter
+#       user part: the user's cutoff, tokens ahead, tokens skewed and cutoff for tokens without
+#       a sid; with a count: the counter
 # ARGV: number of state keys, number of deny keys, "1" with a user part, iat, the token's name
-#       (jti:... or tok:...), its last valid time, seconds until then, counter ttl ("" = none)
+#       (jti:... or tok:...), its last valid time, seconds until then, counter ttl ("" = none),
+#       "1" when the token carries a sid
 # Returns {0, i} when state key i is missing (that bucket lost its data), else
 #         {1, revoked (0/1), count, state 1, state 2, ...}.
 CHECK = """
@@ -34,6 +36,10 @@ if user then
   local cutoff = redis.call('GET', KEYS[k + 1])
   if cutoff and iat <= tonumber(cutoff) then revoked = true end
   if redis.call('ZSCORE', KEYS[k + 3], ARGV[5]) then revoked = true end
+  if ARGV[9] ~= '1' then
+    local sidless = redis.call('GET', KEYS[k + 4])
+    if sidless and iat <= tonumber(sidless) then revoked = true end
+  end
 end
 if revoked then
   reply[2] = 1
@@ -45,7 +51,7 @@ if user then
     redis.call('ZADD', KEYS[k + 2], ARGV[6], ARGV[5])
     if redis.call('TTL', KEYS[k + 2]) < tonumber(ARGV[7]) then redis.call('EXPIRE', KEYS[k + 2], ARGV[7]) end
   end
-  k = k + 3
+  k = k + 4
 end
 if ARGV[8] ~= '' then
   local count = redis.call('INCR', KEYS[k + 1])
@@ -72,7 +78,7 @@ return reply
 # KEYS: the bucket's state key, then one key per entry.
 # ARGV: mode, from, to, then per entry its op and its arguments:
 #       s ttl               SET key 1 (a token, a jti, a session)
-#       m value ttl         SET key value unless it holds a greater one (a user's cutoff)
+#       m value ttl         SET key value unless it holds a greater one (a user's cutoffs)
 #       z member score ttl  ZADD key score member (a token a user revocation covers by name)
 # Modes:
 #   ordered  the entries are every live revocation with a sequence in (from, to]: applied when

@@ -24,6 +24,7 @@ audit table it is a copy of.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -57,6 +58,7 @@ RECORD_COLUMNS = (Revocation.id, Revocation.kind, Revocation.target, Revocation.
 PAGE = 5000  # rows read and applied at a time when repairing
 LOCK_MS = 60_000  # a repair's lock lives at most this long (its holder may die)
 LOCK_WAIT_SECONDS = 0.5  # how long a check waits for another's repair before a 503
+RETRY_SECONDS = 0.2  # a committed revocation Redis refused is applied again this often
 INSERT_ATTEMPTS = 20  # concurrent revocations of one bucket take turns for its next sequence
 # What Redis needs of a revocation (scripts.APPLY).
 APPLIED_COLUMNS = (Revocation.kind, Revocation.target, Revocation.user_id, Revocation.cutoff, Revocation.covers,
@@ -81,16 +83,16 @@ class Verdict:
 class RevocationTarget:
     """What to deny: `kind` is jti, token, session or user; `value` names it."""
 
-    kind: str
+    kind: str  # jti, token, session, user or sidless (app.models.Revocation)
     value: str
     expires_at: float  # no token it can affect outlives this
     user_id: str | None = None
-    cutoff: float | None = None  # kind=user: tokens with iat <= cutoff are denied
+    cutoff: float | None = None  # kind=user, sidless: tokens with iat <= cutoff are denied
     covers: tuple[tuple[str, float], ...] = ()  # kind=user: tokens denied by name, with their last valid time
 
     @property
     def bucket(self) -> int:
-        owner = self.user_id if self.kind == "token" else self.value
+        owner = self.user_id if self.kind == "token" else self.value  # user, sidless: the user id
         return bucket_of(owner or "")
 
 
@@ -175,7 +177,7 @@ class RevocationStore:
             deny.setdefault(bucket_of(principal.sid), []).append(keys.session(principal.sid))
         last_valid = self.last_valid(principal.iat, principal.exp)
         lifetime = max(1, math.ceil(last_valid - time.time()))
-        user_part = [keys.cutoff(user_id), keys.ahead(user_id), keys.skewed(user_id)]
+        user_part = [keys.cutoff(user_id), keys.ahead(user_id), keys.skewed(user_id), keys.sidless(user_id)]
         counter = [window.key] if window is not None else []
 
         def call(buckets: Sequence[int], with_user: bool) -> ScriptCall:
@@ -183,7 +185,8 @@ class RevocationStore:
             return ScriptCall("check", [*(keys.state(b) for b in buckets), *denying,
                                         *(user_part + counter if with_user else [])],
                               [len(buckets), len(denying), "1" if with_user else "0", repr(principal.iat), name,
-                               repr(last_valid), lifetime, window.ttl if with_user and window is not None else ""])
+                               repr(last_valid), lifetime, window.ttl if with_user and window is not None else "",
+                               "1" if principal.sid else "0"])
 
         buckets = sorted(deny)
         if self.redis.clustered:  # one script per bucket: its keys share a slot
@@ -326,8 +329,8 @@ class RevocationStore:
             ttl = math.ceil(expires_at.timestamp() - now)
             if ttl < 1:
                 continue  # no token it can affect is still accepted
-            if kind == "user":
-                keys.append(f"{tag}user:{target}")
+            if kind in ("user", "sidless"):
+                keys.append(f"{tag}{kind}:{target}")
                 args += ["m", f"{cutoff.timestamp():.6f}", ttl]
                 for name, last_valid in covers or ():
                     keys.append(f"{tag}skewed:{target}")
@@ -352,10 +355,26 @@ class RevocationStore:
                     self._floor[record.bucket] = max(self._floor[record.bucket], record.seq)
                     self.repair(record.bucket)
         except ServiceUnavailable:
+            # Committed, not in Redis: this process's next check repairs it, the others learn of
+            # it from the table within REVOCATION_SYNC_SECONDS, and meanwhile it is retried.
             self._floor[record.bucket] = max(self._floor[record.bucket], record.seq)
+            threading.Thread(target=self._repair_soon, args=(record.bucket,), name="repair-soon", daemon=True).start()
             raise
         self._floor[record.bucket] = max(self._floor[record.bucket], record.seq)
         return record._asdict()
+
+    def _repair_soon(self, bucket: int, seconds: float = 30.0) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(RETRY_SECONDS)
+            try:
+                self.repair(bucket)
+                return
+            except (ServiceUnavailable, *REDIS_ERRORS):
+                continue
+            except Exception:  # noqa: BLE001 - the database: the checks' own repairs take over
+                log.warning("could not apply a committed revocation to Redis; the checks will", exc_info=True)
+                return
 
     def _insert(self, target: RevocationTarget, actor: str, reason: str | None) -> Any:
         statement = insert(Revocation).values(
@@ -381,6 +400,32 @@ class RevocationStore:
         covers = tuple((name, float(last_valid)) for name, last_valid in zip(ahead[::2], ahead[1::2], strict=True))
         expires_at = max(float(cutoff), time.time()) + self.max_age + self.leeway
         return self.revoke(RevocationTarget("user", user_id, expires_at, user_id, float(cutoff), covers), actor, reason)
+
+    def revoke_logged_out(self, sub: str | None, sid: str | None, iat: float, actor: str,
+                          reason: str) -> list[dict[str, Any]]:
+        """A back-channel logout (app.security.logout_tokens): with a `sid`, that session's tokens
+        and the user's tokens without a sid issued up to `iat` (any may be the session's); with a
+        `sub` alone, every token of the user issued up to `iat`. The cutoff is the logout token's
+        own `iat`, never the time it arrives, so a replay cannot reach later tokens."""
+        until = iat + self.max_age + self.leeway
+        targets = []
+        if sid is not None:
+            targets.append(self.open_ended_target("session", sid, sub, now=max(iat, time.time())))
+        if sub is not None:
+            targets.append(RevocationTarget("sidless" if sid is not None else "user", sub, until, sub, iat))
+        return [self.revoke(target, actor, reason) for target in targets]
+
+    def log_out(self, issuer: str, jti: str, sub: str | None, sid: str | None, iat: float, ttl: int) -> bool:
+        """A back-channel logout, recorded as done by the issuer's back-channel. False for a
+        replayed `jti` (the revocation it asks for is there already: nothing more is done)."""
+        seen = f"{self.keys.prefix}bcl:{hashlib.sha256(issuer.encode()).hexdigest()[:16]}:{jti}"
+        with self._redis():
+            if self.redis.client.exists(seen):
+                return False
+        self.revoke_logged_out(sub, sid, iat, f"backchannel:{issuer}", f"back-channel logout {jti}")
+        with self._redis():  # after the revocations: a sender that saw a failure sends it again
+            self.redis.client.set(seen, "1", ex=ttl)
+        return True
 
     def revoke_session(self, sid: str, actor: str, reason: str | None = None) -> dict[str, Any]:
         return self.revoke(self.open_ended_target("session", sid), actor, reason)

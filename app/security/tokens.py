@@ -201,11 +201,18 @@ def verify_signature(token: str, signed: SignedToken, allow_expired: bool = Fals
         raise TokenRejected("The token is not valid.")
 
 
+def check_not_banned(claims: dict[str, Any]) -> None:
+    """Better Auth's admin plugin puts `banned` in the user object its jwt() plugin signs."""
+    if claims.get("banned") is True:
+        raise TokenRejected("The user is banned.")
+
+
 def verify(token: str, settings: Settings, now: float | None = None) -> Principal:
     """The whole policy for a token not seen before."""
     signed = read_segments(token)
     check_access_token(signed)
     check_claims(signed.claims, settings, now)
+    check_not_banned(signed.claims)
     verify_signature(token, signed)
     by_jwks = signed.header.get("alg") not in SYMMETRIC_ALGORITHMS
     return principal_from_claims(signed.claims, settings, signed.header["kid"] if by_jwks else None)

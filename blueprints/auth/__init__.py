@@ -1,13 +1,15 @@
-"""Who am I, and logout."""
+"""Who am I, logout, and the back-channel logout receiver."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
-from app.api import endpoint, json_response
-from app.schemas import LogoutRequest, Me
+from app.api import endpoint, json_response, parse_form
+from app.errors import InvalidRequest
+from app.schemas import BackchannelLogoutForm, LogoutRequest, Me
+from app.security import logout_tokens
 from app.security.tokens import Principal
 from app.services import services
 
@@ -47,3 +49,24 @@ def logout(principal: Principal, body: LogoutRequest):
     else:
         store.revoke_token(principal.claims, actor, "logout")
     return Response(status=204)
+
+
+# OpenID Connect Back-Channel Logout 1.0: authenticated by the logout token itself. Failures
+# count against the IP's failed-authentication limit; a replayed jti is a 200 with no further
+# effect (its revocation, cut off at the token's own iat, is already there).
+@bp.post("/api/v1/auth/backchannel-logout")
+@endpoint(summary="Back-channel logout: revoke the session (sid) or the user (sub) a logout token names",
+          tag="auth", auth=None, rate_limited=False, form=BackchannelLogoutForm, status=200, errors=(400, 429),
+          headers={"Cache-Control": "no-store"})
+def backchannel_logout():
+    found = services()
+    try:
+        form = parse_form(BackchannelLogoutForm)
+        logout = logout_tokens.validate(form.logout_token, found.settings)
+    except (InvalidRequest, logout_tokens.InvalidLogoutToken) as error:
+        if found.rate_limits is not None:
+            found.rate_limits.authentication_failed(request.remote_addr)
+        raise error if isinstance(error, InvalidRequest) else InvalidRequest(str(error)) from None
+    found.store.log_out(logout.issuer, logout.jti, logout.sub, logout.sid, logout.iat,
+                        ttl=found.settings.logout_token_max_age_seconds + found.settings.leeway_seconds)
+    return Response(status=200, headers={"Cache-Control": "no-store"})
