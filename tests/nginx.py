@@ -19,6 +19,7 @@ from tests.services import unavailable
 
 NGINX = Path("/usr/sbin/nginx")
 TEMPLATE = ROOT / "deploy" / "nginx" / "templates" / "default.conf.template"
+SUBSTITUTED = "${TASKGATE_LISTEN} ${TASKGATE_UPSTREAM_SERVERS}"  # docker-compose.yml's NGINX_ENVSUBST_FILTER
 
 # What the official image's /etc/nginx/nginx.conf sets around conf.d/*.conf, with this run's paths.
 MAIN = """\
@@ -46,7 +47,7 @@ def render(listen: str, upstreams: list[str]) -> str:
         unavailable("envsubst is missing (Debian package gettext-base)")
     env = {**os.environ, "TASKGATE_LISTEN": listen,
            "TASKGATE_UPSTREAM_SERVERS": " ".join(f"server {upstream};" for upstream in upstreams)}
-    return subprocess.run([envsubst, "${TASKGATE_LISTEN} ${TASKGATE_UPSTREAM_SERVERS}"], input=TEMPLATE.read_text(),
+    return subprocess.run([envsubst, SUBSTITUTED], input=TEMPLATE.read_text(),
                           env=env, capture_output=True, text=True, check=True, timeout=10).stdout
 
 
