@@ -159,6 +159,10 @@ class Dockerd:
                 while _alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.2)
         self._release_lock()
+        # dockerd leaves its bind mount of the host's network namespace (exec/netns/default).
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(f"{self.run_dir}/")), reverse=True):
+            subprocess.run(["umount", mount], capture_output=True, timeout=30)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _release_lock(self) -> None:
