@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from flask import Blueprint, Flask
 
-from app.api import json_response
-from app.auth import init_token_policy
+from app.api import register_converters
 from app.cli import register_cli
 from app.config import ConfigError, Settings, gather_environment, load_settings
+from app.db import Database
+from app.docs import register_docs
 from app.errors import register_error_handlers
-from app.extensions import cors, db, jwt
-from app.jwks import init_jwks
+from app.extensions import cors, jwt
 from app.logs import configure_logging
 from app.observability import init_observability
-from app.openapi import build_openapi
-from app.ratelimit import init_rate_limits
-from app.revocation import init_revocations
+from app.rate_limits import RateLimits
+from app.revocation.store import RevocationStore
+from app.security.jwks import JwksKeySet
+from app.security.tokens import decode_key
+from app.security.verified_tokens import VerifiedTokens
+from app.services import Services, install
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -29,52 +33,76 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     """Build the app. `config` overrides environment variables of the same names."""
     app = Flask(__name__)
     settings = load_settings(gather_environment(config), Path(app.instance_path))
-    app.extensions["taskgate.settings"] = settings
-    app.config.update(
-        MAX_CONTENT_LENGTH=settings.max_content_length,
-        TESTING=settings.is_testing,
-        APP_ENV=settings.app_env,
-    )
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_content_length, TESTING=settings.is_testing,
+                      APP_ENV=settings.app_env)
     configure_logging(app, settings)
     for warning in settings.warnings:
         app.logger.warning(warning)
+    register_proxy_fix(app, settings)
+    init_observability(app)
+    register_error_handlers(app)
+    install(app, build_services(settings))
+    register_token_policy(app, settings)
+    register_cors(app, settings)
+    register_converters(app)
+    register_blueprints(app, settings)
+    register_docs(app)
+    register_cli(app)
+    return app
 
+
+def build_services(settings: Settings) -> Services:
+    database = Database(settings)
+    store = RevocationStore(settings, database)
+    if settings.is_production:
+        store.check_eviction_policy()
+    keys = JwksKeySet(settings.jwks_url, timeout=settings.jwks_timeout_seconds,
+                      cache_seconds=settings.jwks_cache_seconds,
+                      min_refetch_seconds=settings.jwks_min_refetch_seconds) if settings.jwks_url else None
+    limits = RateLimits(settings, store) if settings.rate_limits_enabled else None
+    return Services(settings=settings, database=database, store=store, keys=keys,
+                    verified_tokens=VerifiedTokens(), rate_limits=limits)
+
+
+def register_proxy_fix(app: Flask, settings: Settings) -> None:
     if settings.proxy_hops:
         # Behind N trusted proxies: client IP and scheme come from X-Forwarded-For/-Proto.
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops,
                                 x_host=0, x_port=0, x_prefix=0)
-    init_observability(app)
-    register_error_handlers(app)
-    db.init_app(app)
-    init_revocations(app)
-    init_jwks(app)
-    init_rate_limits(app)
-    init_token_policy(jwt, app)
+
+
+def register_token_policy(app: Flask, settings: Settings) -> None:
+    """flask-jwt-extended verifies signatures and registered claims (app.security.tokens)."""
+    app.config.update(
+        JWT_SECRET_KEY=settings.secret,
+        JWT_ALGORITHM="HS256",
+        JWT_DECODE_ALGORITHMS=list(settings.algorithms),
+        JWT_DECODE_LEEWAY=settings.leeway_seconds,
+        JWT_DECODE_ISSUER=settings.issuer,
+        JWT_DECODE_AUDIENCE=settings.audience,
+        JWT_IDENTITY_CLAIM=settings.user_claim,
+        JWT_VERIFY_SUB=True,
+    )
+    jwt.init_app(app)
+    jwt.decode_key_loader(decode_key)
+
+
+def register_cors(app: Flask, settings: Settings) -> None:
     # Bearer tokens, not cookies: no credentials, so no cookie can ride along cross-origin.
-    # CORS headers only answer a browser's Origin: flask-cors would otherwise list every
-    # allowed origin on every response (always_send), telling any caller the frontend's hosts.
+    # Each origin is a pattern matching exactly that origin: flask-cors would read a string
+    # with regex characters (an IPv6 address's brackets) as a pattern of its own. CORS headers
+    # answer only a browser's Origin (always_send would list every origin on every response).
     cors.init_app(
         app,
-        origins=list(settings.cors_origins),
+        origins=[re.compile(re.escape(origin) + r"\Z", re.IGNORECASE) for origin in settings.cors_origins],
         always_send=False,
         supports_credentials=False,
         allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         expose_headers=["Location", "X-Total-Count", "X-Request-ID", "Retry-After"],
         max_age=600,
     )
-    register_blueprints(app, settings)
-    app.add_url_rule("/openapi.json", "openapi", lambda: json_response(_openapi(app)))
-    register_cli(app)
-    return app
-
-
-def _openapi(app: Flask) -> dict:
-    document = app.extensions.get("taskgate.openapi")
-    if document is None:
-        document = app.extensions["taskgate.openapi"] = build_openapi(app)
-    return document
 
 
 def load_blueprint(import_string: str) -> Blueprint:

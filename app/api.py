@@ -5,8 +5,9 @@ declaration of a route, from one place.
     @endpoint(summary="Create a task", body=TaskCreate, response=Task, status=201)
     def create(principal, body): ...
 
-The view receives `principal` (when `auth` is set), `body` and `query` (validated
+The view receives `principal` (when `auth` is set), `body`, `query` and `path` (validated
 pydantic models) as keyword arguments, and returns data that `json_response` serialises.
+Admission (authentication, rate limits, the admin role) is app.security.gate's.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from functools import wraps
 from typing import Any
 
 import orjson
-from flask import Response, request
+from flask import Flask, Response, g, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.routing import BaseConverter
 
-from app.auth import authenticate, require_admin
 from app.errors import ApiError, ValidationFailed
-from app.ratelimit import rate_limits
 from app.schemas import READ_ONLY_FIELDS
+from app.security.gate import admit
+from app.services import services
 
 JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
@@ -36,11 +38,26 @@ class EndpointSpec:
     body: type[BaseModel] | None
     body_required: bool
     query: type[BaseModel] | None
+    path: type[BaseModel] | None  # validates the rule's variables (and documents them)
     response: Any  # a model, list[model], or None for an empty response
     status: int
     errors: tuple[int, ...]
     headers: dict[str, str] = field(default_factory=dict)
-    rate_limited: bool = True  # anonymous endpoints: per-IP limit unless False (health checks)
+    # Anonymous endpoints count against the IP's limit, authenticated ones against the user's;
+    # False for what must always answer (health checks, logout).
+    rate_limited: bool = True
+
+
+class IdentifierConverter(BaseConverter):
+    """`<id:name>`: any id a token can carry, slashes included; the endpoint's path model
+    validates it (a 422, not a 404, for an id no token could carry)."""
+
+    regex = ".+?"
+    part_isolating = False
+
+
+def register_converters(app: Flask) -> None:
+    app.url_map.converters["id"] = IdentifierConverter
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -89,6 +106,13 @@ def parse_body(model: type[BaseModel], required: bool = True) -> BaseModel:
         raise ValidationFailed("The request body failed validation.", errors) from None
 
 
+def parse_path(model: type[BaseModel], values: dict[str, Any]) -> BaseModel:
+    try:
+        return model.model_validate(values)
+    except ValidationError as error:
+        raise ValidationFailed("The path failed validation.", _field_errors(error)) from None
+
+
 def parse_query(model: type[BaseModel]) -> BaseModel:
     try:
         return model.model_validate(request.args.to_dict())
@@ -104,33 +128,26 @@ def endpoint(
     body: type[BaseModel] | None = None,
     body_required: bool = True,
     query: type[BaseModel] | None = None,
+    path: type[BaseModel] | None = None,
     response: Any = None,
     status: int = 200,
     errors: tuple[int, ...] = (),
     headers: dict[str, str] | None = None,
     rate_limited: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    spec = EndpointSpec(summary, tag, auth, body, body_required, query, response, status, errors, headers or {},
-                        rate_limited)
+    spec = EndpointSpec(summary, tag, auth, body, body_required, query, path, response, status, errors,
+                        headers or {}, rate_limited)
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
         def wrapper(**kwargs: Any) -> Any:
-            # Authentication first (it also counts the caller's per-user rate limit): an
-            # anonymous caller learns nothing from validation.
-            if spec.auth is not None:
-                try:
-                    principal = authenticate()
-                except ApiError as error:
-                    limits = rate_limits()
-                    if limits is not None and error.status == 401:
-                        limits.authentication_failed()
-                    raise
-                if spec.auth == "admin":
-                    require_admin(principal)
+            # Admission first: an anonymous caller learns nothing from validation.
+            principal = admit(request, services(), spec.auth, rate_limited=spec.rate_limited)
+            if principal is not None:
+                g.user_id = principal.user_id  # for the access log line (app.observability)
                 kwargs["principal"] = principal
-            elif spec.rate_limited and (limits := rate_limits()) is not None:
-                limits.anonymous_request()
+            if spec.path is not None:
+                kwargs["path"] = parse_path(spec.path, {name: kwargs.pop(name) for name in spec.path.model_fields})
             if spec.query is not None:
                 kwargs["query"] = parse_query(spec.query)
             if spec.body is not None:

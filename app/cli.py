@@ -1,17 +1,23 @@
-"""The `flask` command line (DESIGN §5): `db`, `token` and `revoke` groups."""
+"""The `flask` command line (CONTRACT §5): `db`, `token` and `revoke` groups."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 import jwt as pyjwt
 from alembic import command
 from alembic.config import Config
-from flask import Flask, current_app
+from flask import Flask
 from flask.cli import AppGroup
+
+from app.errors import ApiError
+from app.revocation.store import RevocationStore
+from app.security.tokens import claims_for_revocation, is_identifier
+from app.services import services
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -28,7 +34,7 @@ def alembic_config(database_url: str) -> Config:
 
 
 def _config() -> Config:
-    return alembic_config(current_app.extensions["taskgate.settings"].database_url)
+    return alembic_config(services().settings.database_url)
 
 
 @db_cli.command("upgrade")
@@ -102,7 +108,7 @@ def mint_token(
 @click.option("--ttl", default=3600, show_default=True, type=click.IntRange(1, 604800), help="Seconds.")
 def token_mint(user_id: str, admin: bool, email: str | None, name: str | None, ttl: int) -> None:
     """Print an HS256 token for USER_ID signed with BETTER_AUTH_SECRET (not in production)."""
-    settings = current_app.extensions["taskgate.settings"]
+    settings = services().settings
     if settings.is_production:
         raise click.ClickException("token mint is refused when APP_ENV=production")
     if "HS256" not in settings.algorithms or not settings.secret:
@@ -115,17 +121,15 @@ revoke_cli = AppGroup("revoke", help="Revoke tokens (recorded in the audit log a
 REASON = click.option("--reason", default=None, help="Why, for the audit log.")
 
 
-def _revoke(action) -> None:
-    from app.errors import ApiError
-    from app.extensions import db
-    from app.revocation import revocations
-
+def _revoke(action: Callable[[RevocationStore], dict], *ids: str) -> None:
+    for value in ids:
+        if not is_identifier(value):
+            raise click.ClickException("an id is 1-255 printable characters")
     try:
-        record = action(revocations(), db.session)
-        db.session.commit()
+        record = action(services().store)
     except ApiError as error:
         raise click.ClickException(error.detail) from None
-    click.echo(f"revoked {record.kind} {record.target} (until {record.expires_at.isoformat()})")
+    click.echo(f"revoked {record['kind']} {record['target']} (until {record['expires_at'].isoformat()})")
 
 
 @revoke_cli.command("user")
@@ -133,7 +137,7 @@ def _revoke(action) -> None:
 @REASON
 def revoke_user(user_id: str, reason: str | None) -> None:
     """Revoke every token of USER_ID issued up to now."""
-    _revoke(lambda store, session: store.revoke_user(session, user_id, "cli", reason))
+    _revoke(lambda store: store.revoke_user(user_id, "cli", reason), user_id)
 
 
 @revoke_cli.command("session")
@@ -141,7 +145,7 @@ def revoke_user(user_id: str, reason: str | None) -> None:
 @REASON
 def revoke_session(sid: str, reason: str | None) -> None:
     """Revoke every token carrying the session id SID."""
-    _revoke(lambda store, session: store.revoke_session(session, sid, "cli", reason))
+    _revoke(lambda store: store.revoke_session(sid, "cli", reason), sid)
 
 
 @revoke_cli.command("token")
@@ -149,13 +153,14 @@ def revoke_session(sid: str, reason: str | None) -> None:
 @REASON
 def revoke_token(jti_or_token: str, reason: str | None) -> None:
     """Revoke one token, given its jti or the token itself."""
-    from app.auth import decode_for_revocation
-
     if jti_or_token.count(".") == 2:
-        claims = decode_for_revocation(jti_or_token)
-        _revoke(lambda store, session: store.revoke_token(session, claims, "cli", reason))
+        try:
+            claims = claims_for_revocation(jti_or_token)
+        except ApiError as error:
+            raise click.ClickException(error.detail) from None
+        _revoke(lambda store: store.revoke_token(claims, "cli", reason))
     else:
-        _revoke(lambda store, session: store.revoke_jti(session, jti_or_token, "cli", reason))
+        _revoke(lambda store: store.revoke_jti(jti_or_token, "cli", reason), jti_or_token)
 
 
 def register_cli(app: Flask) -> None:

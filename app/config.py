@@ -1,7 +1,8 @@
-"""Settings read from the environment (DESIGN §5), validated once at start-up.
+"""Settings read from the environment (CONTRACT §5), validated once at start-up.
 
-`load_settings` is the only place that reads configuration; everything else gets a
-`Settings` object (also copied into `app.config` under the same names).
+`load_settings` is the only place that reads configuration. It reads each area on its own
+(application, database, Redis, tokens, HTTP, rate limits), then checks the rules that tie
+areas together in a last pass. Everything else gets the frozen `Settings`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -27,6 +29,7 @@ DEFAULT_BLUEPRINTS = (
 )
 MIN_SECRET_BYTES = 32
 ORIGIN = re.compile(r"^https?://(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::\d{1,5})?$")
+LOOPBACK_HTTP = ("http://127.0.0.1", "http://localhost", "http://[::1]")
 
 
 class ConfigError(Exception):
@@ -35,9 +38,20 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
+    # application
     app_env: str
+    blueprints: tuple[str, ...]
+    log_level: str
+    # database
     database_url: str
+    db_pool_size: int
+    db_statement_timeout_ms: int
+    # Redis
     redis_url: str | None
+    redis_socket_timeout: float
+    redis_key_prefix: str
+    revocation_sync_seconds: float
+    # tokens
     secret: str | None
     secret_generated: bool
     better_auth_url: str | None
@@ -52,19 +66,16 @@ class Settings:
     leeway_seconds: int
     max_age_seconds: int
     admin_user_ids: frozenset[str]
+    # HTTP
     cors_origins: tuple[str, ...]
-    blueprints: tuple[str, ...]
     max_content_length: int
-    redis_socket_timeout: float
-    redis_key_prefix: str
-    db_pool_size: int
-    db_statement_timeout_ms: int
-    log_level: str
+    proxy_hops: int
+    metrics_token: str | None
+    # rate limits
     rate_limits_enabled: bool
     rate_limit_user: str
     rate_limit_ip: str
     rate_limit_auth_failures: str
-    proxy_hops: int
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -76,12 +87,15 @@ class Settings:
         return self.app_env == "testing"
 
 
+# --- reading values ------------------------------------------------------------------
+
+
 def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (value or "").split(",") if part.strip())
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name, "")
+    raw = env.get(name, "").strip()
     if raw == "":
         return default
     try:
@@ -94,14 +108,14 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
+    raw = env.get(name, "").strip()
     if raw == "":
         return default
     try:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not value > 0:
+    if not 0 < value < float("inf"):
         raise ConfigError(f"{name} must be positive, got {raw!r}")
     return value
 
@@ -122,6 +136,17 @@ def _optional(env: Mapping[str, str], name: str, default: str | None) -> str | N
     if name not in env:
         return default
     return env[name].strip() or None
+
+
+def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
+    from limits import parse
+
+    value = env.get(name, "").strip() or default
+    try:
+        parse(value)
+    except ValueError:
+        raise ConfigError(f"{name} must look like '600/minute', got {value!r}") from None
+    return value
 
 
 def gather_environment(
@@ -153,79 +178,145 @@ def _development_secret(instance_path: Path) -> str:
     return value
 
 
-def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
-    from limits import parse
-
-    value = env.get(name, "").strip() or default
-    try:
-        parse(value)
-    except ValueError:
-        raise ConfigError(f"{name} must look like '600/minute', got {value!r}") from None
-    return value
+# --- one area at a time ----------------------------------------------------------------
 
 
-def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
-    warnings: list[str] = []
+def _application(env: Mapping[str, str]) -> dict[str, Any]:
     app_env = env.get("APP_ENV", "").strip() or "development"
     if app_env not in ENVIRONMENTS:
         raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, got {app_env!r}")
-    production = app_env == "production"
-
-    if production and _bool(env, "FLASK_DEBUG", False):
+    if app_env == "production" and _bool(env, "FLASK_DEBUG", False):
         raise ConfigError("FLASK_DEBUG is on: debug mode must be off in production")
+    return {
+        "app_env": app_env,
+        "blueprints": _csv(env.get("BLUEPRINTS")) or DEFAULT_BLUEPRINTS,
+        "log_level": (env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
+    }
 
-    database_url = env.get("DATABASE_URL", "").strip()
-    if not database_url:
-        if production:
-            raise ConfigError("DATABASE_URL is required in production (PostgreSQL)")
-        instance_path.mkdir(parents=True, exist_ok=True)
-        database_url = f"sqlite:///{instance_path / 'taskgate.db'}"
-    if production and database_url.startswith("sqlite"):
-        raise ConfigError("DATABASE_URL points at SQLite: production needs PostgreSQL")
+
+def _database(env: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "database_url": env.get("DATABASE_URL", "").strip() or None,  # the default: last pass
+        # One connection per request thread (gunicorn.conf.py: 2 threads per worker).
+        "db_pool_size": _int(env, "DB_POOL_SIZE", _int(env, "GUNICORN_THREADS", 2, minimum=1), minimum=1),
+        "db_statement_timeout_ms": _int(env, "DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1),
+    }
+
+
+def _redis(env: Mapping[str, str]) -> dict[str, Any]:
+    from app.revocation.topology import check_redis_url
 
     redis_url = env.get("REDIS_URL", "").strip() or None
-    if redis_url is None:
-        if production:
-            raise ConfigError("REDIS_URL is required in production (revocations must be shared)")
-        if app_env == "development":
-            warnings.append(
-                "REDIS_URL is not set: using an in-process revocation store; "
-                "revocations are neither shared between processes nor kept across restarts"
-            )
+    if redis_url is not None:
+        check_redis_url(redis_url)
+    prefix = env.get("REDIS_KEY_PREFIX", "taskgate:")
+    if "{" in prefix or "}" in prefix:
+        raise ConfigError("REDIS_KEY_PREFIX must not contain { or } (the keys' own hash tags follow it)")
+    return {
+        "redis_url": redis_url,
+        "redis_socket_timeout": _float(env, "REDIS_SOCKET_TIMEOUT", 0.5),
+        "redis_key_prefix": prefix,
+        "revocation_sync_seconds": _float(env, "REVOCATION_SYNC_SECONDS", 2.0),
+    }
 
+
+def _tokens(env: Mapping[str, str]) -> dict[str, Any]:
     better_auth_url = (env.get("BETTER_AUTH_URL", "").strip().rstrip("/")) or None
     jwks_default = f"{better_auth_url}/api/auth/jwks" if better_auth_url else None
     jwks_url = _optional(env, "JWKS_URL", jwks_default)
     if jwks_url and not jwks_url.startswith(("https://", "http://")):
         raise ConfigError(f"JWKS_URL must be an http(s) URL, got {jwks_url!r}")
-    if jwks_url and production and jwks_url.startswith("http://") and not jwks_url.startswith(
-            ("http://127.0.0.1", "http://localhost", "http://[::1]")):
-        warnings.append("JWKS_URL is plain http: keys could be swapped in transit; use https")
-
-    secret = env.get("BETTER_AUTH_SECRET", "") or None
     algorithms = _csv(env.get("JWT_ALGORITHMS"))
-    if not algorithms:
-        algorithms = (("HS256",) if secret or not jwks_url else ()) + (
-            DEFAULT_ASYMMETRIC if jwks_url else ()
-        )
     unknown = [a for a in algorithms if a not in SYMMETRIC_ALGORITHMS | ASYMMETRIC_ALGORITHMS]
     if unknown:
         supported = ", ".join(sorted(SYMMETRIC_ALGORITHMS | ASYMMETRIC_ALGORITHMS))
         raise ConfigError(f"JWT_ALGORITHMS has unsupported {', '.join(unknown)}; supported: {supported}")
     if len(set(algorithms)) != len(algorithms):
         raise ConfigError("JWT_ALGORITHMS lists an algorithm twice")
-    uses_secret = any(a in SYMMETRIC_ALGORITHMS for a in algorithms)
-    uses_jwks = any(a in ASYMMETRIC_ALGORITHMS for a in algorithms)
-    if uses_jwks and not jwks_url:
+    return {
+        "secret": env.get("BETTER_AUTH_SECRET", "") or None,
+        "secret_generated": False,
+        "better_auth_url": better_auth_url,
+        "jwks_url": jwks_url,
+        "jwks_timeout_seconds": _float(env, "JWKS_TIMEOUT_SECONDS", 2.0),
+        "jwks_cache_seconds": _float(env, "JWKS_CACHE_SECONDS", 600.0),
+        "jwks_min_refetch_seconds": _float(env, "JWKS_MIN_REFETCH_SECONDS", 10.0),
+        "algorithms": algorithms,  # the default depends on the secret and the JWKS URL: last pass
+        "issuer": _optional(env, "JWT_ISSUER", better_auth_url),
+        "audience": _optional(env, "JWT_AUDIENCE", better_auth_url),
+        "user_claim": env.get("JWT_USER_CLAIM", "").strip() or "sub",
+        "leeway_seconds": _int(env, "JWT_LEEWAY_SECONDS", 30),
+        "max_age_seconds": _int(env, "JWT_MAX_AGE_SECONDS", 604800, minimum=1),
+        "admin_user_ids": frozenset(_csv(env.get("ADMIN_USER_IDS"))),
+    }
+
+
+def _http(env: Mapping[str, str], production: bool) -> dict[str, Any]:
+    cors_default = "" if production else "http://localhost:3000,http://127.0.0.1:3000"
+    cors_origins = tuple(origin.rstrip("/").lower() for origin in _csv(env.get("CORS_ORIGINS", cors_default)))
+    for origin in cors_origins:
+        # Exact origins only (app.http matches them literally, IPv6 brackets included).
+        if not ORIGIN.match(origin):
+            raise ConfigError(f"CORS_ORIGINS entries must be exact origins (https://app.example.com), got {origin!r}")
+    metrics_token = env.get("METRICS_TOKEN", "").strip() or None
+    if metrics_token is not None and len(metrics_token) < 16:
+        raise ConfigError("METRICS_TOKEN must be at least 16 characters")
+    return {
+        "cors_origins": cors_origins,
+        "max_content_length": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024, minimum=1024),
+        "proxy_hops": _int(env, "PROXY_HOPS", 0),
+        "metrics_token": metrics_token,
+    }
+
+
+def _rate_limits(env: Mapping[str, str], testing: bool) -> dict[str, Any]:
+    return {
+        "rate_limits_enabled": _bool(env, "RATE_LIMITS_ENABLED", not testing),
+        "rate_limit_user": _rate_limit(env, "RATE_LIMIT_USER", "600/minute"),
+        "rate_limit_ip": _rate_limit(env, "RATE_LIMIT_IP", "120/minute"),
+        "rate_limit_auth_failures": _rate_limit(env, "RATE_LIMIT_AUTH_FAILURES", "30/minute"),
+    }
+
+
+# --- the rules that tie areas together -------------------------------------------------
+
+
+def _together(values: dict[str, Any], instance_path: Path) -> dict[str, Any]:
+    """Defaults that depend on other settings, and what production refuses."""
+    production, warnings = values["app_env"] == "production", []
+
+    database_url = values["database_url"]
+    if database_url is None:
+        if production:
+            raise ConfigError("DATABASE_URL is required in production (PostgreSQL)")
+        instance_path.mkdir(parents=True, exist_ok=True)
+        database_url = f"sqlite:///{instance_path / 'taskgate.db'}"
+    elif production and database_url.startswith("sqlite"):
+        raise ConfigError("DATABASE_URL points at SQLite: production needs PostgreSQL")
+
+    if values["redis_url"] is None:
+        if production:
+            raise ConfigError("REDIS_URL is required in production (revocations must be shared)")
+        if values["app_env"] == "development":
+            warnings.append(
+                "REDIS_URL is not set: using an in-process revocation store; "
+                "revocations are neither shared between processes nor kept across restarts"
+            )
+
+    jwks_url, secret = values["jwks_url"], values["secret"]
+    if jwks_url and production and jwks_url.startswith("http://") and not jwks_url.startswith(LOOPBACK_HTTP):
+        warnings.append("JWKS_URL is plain http: keys could be swapped in transit; use https")
+    algorithms = values["algorithms"] or (
+        (("HS256",) if secret or not jwks_url else ()) + (DEFAULT_ASYMMETRIC if jwks_url else ()))
+    if any(a in ASYMMETRIC_ALGORITHMS for a in algorithms) and not jwks_url:
         raise ConfigError("JWT_ALGORITHMS has asymmetric algorithms but neither JWKS_URL nor BETTER_AUTH_URL is set")
 
     secret_generated = False
-    if uses_secret:
+    if any(a in SYMMETRIC_ALGORITHMS for a in algorithms):
         if secret is None:
             if production:
                 raise ConfigError("BETTER_AUTH_SECRET is required in production when HS256 is accepted")
-            secret = _development_secret(instance_path)
-            secret_generated = True
+            secret, secret_generated = _development_secret(instance_path), True
             warnings.append(
                 "BETTER_AUTH_SECRET is not set: generated a throwaway development secret "
                 f"in {instance_path / 'dev-secret'}; set BETTER_AUTH_SECRET to share one with your frontend"
@@ -238,45 +329,22 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
                 raise ConfigError(message)
             warnings.append(message + ": a production start would refuse it")
 
-    cors_default = "" if production else "http://localhost:3000,http://127.0.0.1:3000"
-    cors_origins = tuple(origin.rstrip("/").lower() for origin in _csv(env.get("CORS_ORIGINS", cors_default)))
-    for origin in cors_origins:
-        # Exact origins only: flask-cors would read anything with regex characters as a
-        # prefix pattern ("https://*.example.com" would let "https://xexample.com.evil" in).
-        if not ORIGIN.match(origin):
-            raise ConfigError(f"CORS_ORIGINS entries must be exact origins (https://app.example.com), got {origin!r}")
+    if production and values["metrics_token"] is None:
+        warnings.append("METRICS_TOKEN is not set: /metrics is disabled (answers 404)")
+    return {**values, "database_url": database_url, "algorithms": tuple(algorithms), "secret": secret,
+            "secret_generated": secret_generated, "warnings": tuple(warnings)}
 
-    return Settings(
-        app_env=app_env,
-        database_url=database_url,
-        redis_url=redis_url,
-        secret=secret,
-        secret_generated=secret_generated,
-        better_auth_url=better_auth_url,
-        jwks_url=jwks_url,
-        jwks_timeout_seconds=_float(env, "JWKS_TIMEOUT_SECONDS", 2.0),
-        jwks_cache_seconds=_float(env, "JWKS_CACHE_SECONDS", 600.0),
-        jwks_min_refetch_seconds=_float(env, "JWKS_MIN_REFETCH_SECONDS", 10.0),
-        algorithms=tuple(algorithms),
-        issuer=_optional(env, "JWT_ISSUER", better_auth_url),
-        audience=_optional(env, "JWT_AUDIENCE", better_auth_url),
-        user_claim=env.get("JWT_USER_CLAIM", "").strip() or "sub",
-        leeway_seconds=_int(env, "JWT_LEEWAY_SECONDS", 30),
-        max_age_seconds=_int(env, "JWT_MAX_AGE_SECONDS", 604800, minimum=1),
-        admin_user_ids=frozenset(_csv(env.get("ADMIN_USER_IDS"))),
-        cors_origins=cors_origins,
-        blueprints=_csv(env.get("BLUEPRINTS")) or DEFAULT_BLUEPRINTS,
-        max_content_length=_int(env, "MAX_CONTENT_LENGTH", 64 * 1024, minimum=1024),
-        redis_socket_timeout=_float(env, "REDIS_SOCKET_TIMEOUT", 0.5),
-        redis_key_prefix=env.get("REDIS_KEY_PREFIX", "taskgate:"),
-        # One connection per request thread (gunicorn.conf.py: 2 threads per worker).
-        db_pool_size=_int(env, "DB_POOL_SIZE", _int(env, "GUNICORN_THREADS", 2, minimum=1), minimum=1),
-        db_statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1),
-        log_level=(env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
-        rate_limits_enabled=_bool(env, "RATE_LIMITS_ENABLED", not app_env == "testing"),
-        rate_limit_user=_rate_limit(env, "RATE_LIMIT_USER", "600/minute"),
-        rate_limit_ip=_rate_limit(env, "RATE_LIMIT_IP", "120/minute"),
-        rate_limit_auth_failures=_rate_limit(env, "RATE_LIMIT_AUTH_FAILURES", "30/minute"),
-        proxy_hops=_int(env, "PROXY_HOPS", 0),
-        warnings=tuple(warnings),
-    )
+
+def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
+    application = _application(env)
+    production, testing = application["app_env"] == "production", application["app_env"] == "testing"
+    values = {
+        **application,
+        **_database(env),
+        **_redis(env),
+        **_tokens(env),
+        **_http(env, production),
+        **_rate_limits(env, testing),
+    }
+    assert set(values) | {"warnings"} == {f.name for f in fields(Settings)}  # every area read, once
+    return Settings(**_together(values, instance_path))

@@ -1,4 +1,4 @@
-"""One error shape everywhere: RFC 9457 problem+json with a stable `code` (DESIGN §4)."""
+"""One error shape everywhere: RFC 9457 problem+json with a stable `code` (CONTRACT §4)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,13 @@ class ApiError(Exception):
 class Unauthorized(ApiError):
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(401, code, detail, headers={"WWW-Authenticate": WWW_AUTHENTICATE[code]})
+
+
+class TokenRejected(Unauthorized):
+    """A bearer token this API does not accept (401; `invalid_token` unless said otherwise)."""
+
+    def __init__(self, detail: str, code: str = "invalid_token") -> None:
+        super().__init__(code, detail)
 
 
 class Forbidden(ApiError):

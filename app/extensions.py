@@ -1,10 +1,7 @@
-"""Extensions, created unbound here and bound to an app in `create_app`."""
+"""Flask extensions, created unbound here and bound to an app in `create_app`."""
 
 from flask_cors import CORS
+from flask_jwt_extended import JWTManager
 
-from app.auth import StrictJWTManager
-from app.db import Database
-
-jwt = StrictJWTManager()
-db = Database()
+jwt = JWTManager()
 cors = CORS()

@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, DateTime, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 PRIORITIES = ("low", "medium", "high")
@@ -78,6 +89,8 @@ class Revocation(Base):
         Index("ix_revocations_expires_at", "expires_at"),
         Index("ix_revocations_user_id_created_at", "user_id", "created_at"),
         Index("ix_revocations_created_at", "created_at"),
+        UniqueConstraint("bucket", "seq", name="uq_revocations_bucket_seq"),
+        Index("ix_revocations_bucket_expires_at", "bucket", "expires_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -86,6 +99,13 @@ class Revocation(Base):
     user_id: Mapped[str | None] = mapped_column(String(255))  # whose token(s), when known
     actor: Mapped[str] = mapped_column(String(300))  # who: "user:<id>", "admin:<id>" or "cli"
     reason: Mapped[str | None] = mapped_column(String(500))
-    # For kind=user this is also the cutoff: tokens with iat <= created_at are denied.
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # kind=user: every token of the user with iat <= cutoff is denied (None for other kinds),
+    # and `covers` names those accepted with an iat ahead of the clock: [[name, last valid], ...].
+    cutoff: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    covers: Mapped[list | None] = mapped_column(JSON)
+    # app/revocation/keys.py: the bucket, and the revocation's place in its bucket (1, 2, ...
+    # without gaps, in commit order): Redis says which it has applied.
+    bucket: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)  # no token it denies outlives this

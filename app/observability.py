@@ -7,6 +7,7 @@ or, when PROMETHEUS_MULTIPROC_DIR is set (gunicorn.conf.py sets it), from every 
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import re
@@ -16,6 +17,8 @@ from typing import Any
 from flask import Flask, Request, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from app.errors import NotFound, Unauthorized
 
 access_log = logging.getLogger("taskgate.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -59,7 +62,7 @@ def _finish(response: Response) -> Response:
     duration = time.perf_counter() - getattr(state, "started", time.perf_counter())
     rule = req.url_rule
     route = rule.rule if rule is not None else "<unmatched>"
-    principal = getattr(state, "principal", None)
+    user_id = getattr(state, "user_id", None)  # set by app.api once the caller is authenticated
     status = response.status_code
     method = req.method if req.method in KNOWN_METHODS else "OTHER"  # clients pick it: bound it
     labelled(REQUESTS, method, route, str(status)).inc()
@@ -68,14 +71,14 @@ def _finish(response: Response) -> Response:
         code = (response.get_json(silent=True) or {}).get("code", "unknown")
         labelled(TOKEN_FAILURES, code).inc()
     request_id = getattr(state, "request_id", None) or _new_request_id()
-    _security_headers(response, req, principal is not None, request_id)
+    _security_headers(response, req, user_id is not None, request_id)
     if access_log.isEnabledFor(logging.INFO):
         _log_access({
             "method": req.method,
             "path": route,  # the template, never the raw path (ids) nor the query (no tokens)
             "status": status,
             "duration_ms": round(duration * 1000, 3),
-            "user_id": principal.user_id if principal is not None else None,
+            "user_id": user_id,
             "request_id": request_id,
             "remote_addr": req.remote_addr,
         })
@@ -124,6 +127,19 @@ def _security_headers(response: Response, req: Request, authenticated: bool, req
 
 
 def metrics_view() -> Response:
+    """Prometheus text. With METRICS_TOKEN set it needs `Authorization: Bearer <token>`;
+    without, it is served in development and testing only (404 in production)."""
+    from app.security.gate import admit
+    from app.services import services
+
+    found = services()
+    admit(request, found, None)  # the per-IP limit of anonymous endpoints
+    token = found.settings.metrics_token
+    if token is None and found.settings.is_production:
+        raise NotFound()
+    if token is not None and not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
+                                                     f"Bearer {token}".encode()):
+        raise Unauthorized("invalid_token", "/metrics needs the configured METRICS_TOKEN.")
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)

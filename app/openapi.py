@@ -38,10 +38,12 @@ def _schema_ref(annotation: Any) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{annotation.__name__}"}
 
 
-def _path_parameters(rule: str) -> tuple[str, list[dict[str, Any]]]:
+def _path_parameters(rule: str, model: type[BaseModel] | None) -> tuple[str, list[dict[str, Any]]]:
+    declared = model.model_json_schema()["properties"] if model is not None else {}
     parameters = []
     for match in RULE_ARGUMENT.finditer(rule):
         schema = {"type": "integer", "minimum": 0} if match["converter"] == "int" else {"type": "string"}
+        schema = {k: v for k, v in declared.get(match["name"], schema).items() if k != "title"}
         parameters.append({"name": match["name"], "in": "path", "required": True, "schema": schema})
     return RULE_ARGUMENT.sub(lambda m: "{" + m["name"] + "}", rule), parameters
 
@@ -72,10 +74,12 @@ def _operation(spec: Any, path_params: list[dict[str, Any]], operation_id: str) 
     responses[str(spec.status)] = success
     errors = set(spec.errors) | {503}
     if spec.auth:
-        errors |= {401, 429}
+        errors.add(401)
+    if spec.auth or spec.rate_limited:
+        errors.add(429)
     if spec.auth == "admin":
         errors.add(403)
-    if spec.body or spec.query:
+    if spec.body or spec.query or spec.path:
         errors.add(422)
     if spec.body:
         errors |= {413, 415}
@@ -104,7 +108,7 @@ def build_openapi(app: Flask) -> dict[str, Any]:
         spec = getattr(app.view_functions.get(rule.endpoint), "endpoint_spec", None)
         if spec is None:
             continue
-        path, path_params = _path_parameters(rule.rule)
+        path, path_params = _path_parameters(rule.rule, spec.path)
         # One view may serve two rules (the task routes' two forms): ids must stay unique.
         operation_id = rule.endpoint.replace(".", "_") + ("_for_path_user" if "{user_id}/tasks" in path else "")
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):

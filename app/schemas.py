@@ -134,7 +134,7 @@ class RevokeRequest(StrictBody):
 class RevokeTokenRequest(StrictBody):
     """Exactly one of `jti` or `token`."""
 
-    jti: Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_no_nul_required)] | None = None
+    jti: Identifier | None = None
     token: Annotated[str, StringConstraints(min_length=1, max_length=16384)] | None = None
     reason: Reason = None
 
@@ -143,6 +143,26 @@ class RevokeTokenRequest(StrictBody):
         if (self.jti is None) == (self.token is None):
             raise ValueError("give exactly one of jti or token")
         return self
+
+
+def _printable(value: str) -> str:
+    # What a token's sub, sid or jti may be (app.security.tokens.is_identifier), so that
+    # every id a token can carry, and nothing else, can be named.
+    if not value.isprintable():
+        raise ValueError("must be printable characters only")
+    return value
+
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_printable),
+                       Field(description="1-255 printable characters, as in the token's claim")]
+
+
+class UserPath(BaseModel):
+    user_id: Identifier
+
+
+class SessionPath(BaseModel):
+    sid: Identifier
 
 
 class UserRevoked(BaseModel):
@@ -164,6 +184,7 @@ class RevocationRecord(BaseModel):
     reason: str | None
     created_at: datetime
     expires_at: datetime
+    cutoff: datetime | None = Field(description="kind=user: tokens issued at or before it are denied")
 
 
 class RevocationListQuery(BaseModel):

@@ -1,19 +1,24 @@
 """Task data access, always scoped to one owner.
 
-`OwnedTasks(db, owner_id)` is the only way routes reach tasks: every query it runs
-filters on the owner, so another user's task is indistinguishable from a missing one and
-a new route cannot forget the check. Reads and atomic single-statement writes (list, read,
-create, toggle) run as statements that commit by themselves (`db.rows`); the others work
-in the request's session, and the route commits it once.
+`OwnedTasks(database, owner_id)` is the only way routes reach tasks. Every statement it runs
+is built by `owned()`, which adds the owner (a WHERE on reads, updates and deletes; the
+`user_id` of an insert), and `_run` refuses any statement that was not: another user's task
+is indistinguishable from a missing one, and a new route cannot forget the check.
+
+Each operation is one statement (app.db): a replace, patch, toggle or delete is a single
+UPDATE or DELETE ... RETURNING on the owner's row, so it is atomic and needs no transaction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
+from weakref import WeakSet
 
-from sqlalchemy import Select, String, bindparam, case, false, func, insert, select, true, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Insert, String, bindparam, case, delete, false, func, insert, select, true, update
+from sqlalchemy.engine import Row
+from sqlalchemy.sql import Executable
 
 from app.db import Database
 from app.errors import NotFound
@@ -29,19 +34,26 @@ SORT_COLUMNS = {
     "priority": PRIORITY_RANK,
     "title": Task.title,
 }
-
-
 TASK_FIELDS = ("id", "user_id", "title", "description", "completed", "priority", "due_date", "created_at",
                "updated_at")
 TASK_COLUMNS = tuple(getattr(Task, name) for name in TASK_FIELDS)
+EDITABLE_FIELDS = ("title", "description", "completed", "priority", "due_date")
+
+_OWNED: WeakSet[Executable] = WeakSet()
 
 
-def task_to_dict(task: Task) -> dict[str, Any]:
-    return {name: getattr(task, name) for name in TASK_FIELDS}
+def owned(statement: Any) -> Any:
+    """The one place the owner is added to a statement on tasks (bound as :owner)."""
+    if isinstance(statement, Insert):
+        statement = statement.values(user_id=bindparam("owner"))
+    else:
+        statement = statement.where(Task.user_id == bindparam("owner"))
+    _OWNED.add(statement)
+    return statement
 
 
-def _row_to_dict(row: Any) -> dict[str, Any]:
-    """A row selected as TASK_COLUMNS (extra trailing columns are ignored)."""
+def _as_dict(row: Row[Any]) -> dict[str, Any]:
+    """A row selected or returned as TASK_COLUMNS (extra trailing columns are ignored)."""
     return dict(zip(TASK_FIELDS, row, strict=False))
 
 
@@ -50,29 +62,16 @@ def _no_such_task() -> NotFound:
     return NotFound("No task with this id.")
 
 
-def _require_valid_id(task_id: int) -> None:
-    if not 0 < task_id <= MAX_TASK_ID:
-        raise _no_such_task()
-
-
-def _the_task(rows: Any) -> dict[str, Any]:
-    """The one task a statement on the owner's task returned, or 404."""
-    if not rows:
-        raise _no_such_task()
-    return _row_to_dict(rows[0])
-
-
 def like_pattern(text: str) -> str:
     """`text` for a LIKE ... ESCAPE '/' comparison, matching its characters literally."""
     return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
 
 
 @lru_cache(maxsize=256)  # bounded: 3 statuses x 2 x 2 x 5 sorts x 2 orders = 120 shapes
-def _list_statement(status: str, by_priority: bool, by_text: bool, sort: str, order: str) -> Select[Any]:
-    """The list query for one shape of filters, with the owner (always), the filter values
-    and the page as bound parameters: built and compiled once, reused by every request."""
-    statement = select(*TASK_COLUMNS, func.count().over().label("total")).where(
-        Task.user_id == bindparam("owner"))
+def _list_statement(status: str, by_priority: bool, by_text: bool, sort: str, order: str) -> Any:
+    """The list query for one shape of filters, with the filter values and the page as bound
+    parameters, and the total riding along as a window count: built once per shape."""
+    statement = select(*TASK_COLUMNS, func.count().over().label("total"))
     if status != "all":
         statement = statement.where(Task.completed == (true() if status == "completed" else false()))
     if by_priority:
@@ -86,17 +85,28 @@ def _list_statement(status: str, by_priority: bool, by_text: bool, sort: str, or
     ordering = [direction(column), direction(Task.id)]
     if sort == "due_date":  # tasks without a due date come last either way
         ordering.insert(0, Task.due_date.is_(None))
-    return statement.order_by(*ordering).limit(bindparam("limit")).offset(bindparam("offset"))
+    page = statement.order_by(*ordering).limit(bindparam("limit")).offset(bindparam("offset"))
+    counted = statement.with_only_columns(func.count())  # for a page past the end
+    return owned(page), owned(counted)
 
 
-_READ = select(*TASK_COLUMNS).where(Task.user_id == bindparam("owner"), Task.id == bindparam("task_id"))
-_INSERT = insert(Task).returning(*TASK_COLUMNS)
-_TOGGLE = (
+@lru_cache(maxsize=64)  # one per set of changed fields (at most 2^5)
+def _update_statement(fields: frozenset[str]) -> Any:
+    values = {name: bindparam(f"new_{name}", type_=getattr(Task, name).type) for name in sorted(fields)}
+    return owned(update(Task).where(Task.id == bindparam("task_id"))
+                 .values(**values, updated_at=bindparam("now", type_=Task.updated_at.type))
+                 .returning(*TASK_COLUMNS))
+
+
+_READ = owned(select(*TASK_COLUMNS).where(Task.id == bindparam("task_id")))
+_INSERT = owned(insert(Task).returning(*TASK_COLUMNS))
+_TOGGLE = owned(
     update(Task)
-    .where(Task.user_id == bindparam("owner"), Task.id == bindparam("task_id"))
+    .where(Task.id == bindparam("task_id"))
     .values(completed=~Task.completed, updated_at=bindparam("now", type_=Task.updated_at.type))
     .returning(*TASK_COLUMNS)
 )
+_DELETE = owned(delete(Task).where(Task.id == bindparam("task_id")).returning(Task.id))
 
 
 class OwnedTasks:
@@ -104,73 +114,59 @@ class OwnedTasks:
         self.database = database
         self.owner_id = owner_id
 
-    @property
-    def session(self) -> Session:
-        """The request's transaction (only the multi-statement operations open it)."""
-        return self.database.session
+    def _run(self, statement: Executable, **params: Any) -> Sequence[Row[Any]]:
+        if statement not in _OWNED:
+            raise RuntimeError("a statement on tasks was not scoped to its owner by owned()")
+        return self.database.rows(statement, {**params, "owner": self.owner_id})
 
-    def _owned(self) -> Select[tuple[Task]]:
-        # Every query starts here or filters on the owner the same way (see list()).
-        return select(Task).where(Task.user_id == self.owner_id)
-
-    def read(self, task_id: int) -> dict[str, Any]:
-        """One task as a dict, in one statement."""
-        _require_valid_id(task_id)
-        return _the_task(self.database.rows(_READ, {"owner": self.owner_id, "task_id": task_id}))
-
-    def get(self, task_id: int) -> Task:
-        """One task as an ORM object in the request's session, to change it."""
-        _require_valid_id(task_id)
-        task = self.session.scalars(self._owned().where(Task.id == task_id)).first()
-        if task is None:
+    def _the_task(self, statement: Executable, task_id: int, **params: Any) -> dict[str, Any]:
+        """The owner's task `task_id` as a statement returns it, or 404."""
+        if not 0 < task_id <= MAX_TASK_ID:
             raise _no_such_task()
-        return task
+        rows = self._run(statement, task_id=task_id, **params)
+        if not rows:
+            raise _no_such_task()
+        return _as_dict(rows[0])
 
     def list(self, query: TaskListQuery) -> tuple[list[dict[str, Any]], int]:
-        """One page of the owner's tasks as dicts, and the number matching the filters.
-        The hot route: one statement (the total rides along as a window count), built once
-        per query shape, and plain rows instead of ORM objects."""
-        params = {"owner": self.owner_id, "limit": query.limit, "offset": query.offset}
+        """One page of the owner's tasks, and the number matching the filters."""
+        params: dict[str, Any] = {"limit": query.limit, "offset": query.offset}
         if query.priority:
             params["priority"] = query.priority
         if query.q:
             params["q"] = like_pattern(query.q)
-        statement = _list_statement(query.status, bool(query.priority), bool(query.q), query.sort, query.order)
-        rows = self.database.rows(statement, params)
+        page, counted = _list_statement(query.status, bool(query.priority), bool(query.q), query.sort, query.order)
+        rows = self._run(page, **params)
         if rows:
-            return [_row_to_dict(row) for row in rows], rows[0][-1]
+            return [_as_dict(row) for row in rows], rows[0][-1]
         if query.offset == 0:
             return [], 0
         # A page past the end has no row to carry the count: count separately.
-        counted = statement.with_only_columns(func.count()).order_by(None).limit(None).offset(None)
-        return [], self.database.rows(counted, params)[0][0] or 0
+        return [], self._run(counted, **params)[0][0] or 0
+
+    def read(self, task_id: int) -> dict[str, Any]:
+        return self._the_task(_READ, task_id)
 
     def create(self, data: TaskCreate) -> dict[str, Any]:
-        """One INSERT ... RETURNING: the new task, owned by the caller whatever the body says
-        (the body cannot name an owner: TaskCreate forbids unknown fields)."""
+        """One INSERT ... RETURNING, owned by the caller whatever the body says (the body cannot
+        name an owner: TaskCreate forbids unknown fields)."""
         now = utcnow()
-        values = {**data.model_dump(), "user_id": self.owner_id, "created_at": now, "updated_at": now}
-        return _row_to_dict(self.database.rows(_INSERT, values)[0])
+        return _as_dict(self._run(_INSERT, **data.model_dump(), created_at=now, updated_at=now)[0])
 
-    def replace(self, task_id: int, data: TaskCreate) -> Task:
-        return self._apply(self.get(task_id), data.model_dump())
+    def replace(self, task_id: int, data: TaskCreate) -> dict[str, Any]:
+        """Every editable field set (those the body leaves out to their defaults)."""
+        return self._change(task_id, data.model_dump())
 
-    def patch(self, task_id: int, data: TaskPatch) -> Task:
-        return self._apply(self.get(task_id), data.model_dump(include=data.model_fields_set))
+    def patch(self, task_id: int, data: TaskPatch) -> dict[str, Any]:
+        return self._change(task_id, data.model_dump(include=data.model_fields_set))
 
     def toggle(self, task_id: int) -> dict[str, Any]:
-        """Flip `completed` in one atomic statement: two toggles at once never both read the
-        old value, and the route needs no transaction around a read and a write."""
-        _require_valid_id(task_id)
-        return _the_task(self.database.rows(_TOGGLE, {"owner": self.owner_id, "task_id": task_id, "now": utcnow()}))
+        """Flip `completed` in one atomic statement: two toggles at once never both read the old value."""
+        return self._the_task(_TOGGLE, task_id, now=utcnow())
 
     def delete(self, task_id: int) -> None:
-        self.session.delete(self.get(task_id))
-        self.session.flush()
+        self._the_task(_DELETE, task_id)
 
-    def _apply(self, task: Task, changes: dict[str, Any]) -> Task:
-        for name, value in changes.items():
-            setattr(task, name, value)
-        task.updated_at = utcnow()
-        self.session.flush()
-        return task
+    def _change(self, task_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+        statement = _update_statement(frozenset(changes))
+        return self._the_task(statement, task_id, now=utcnow(), **{f"new_{k}": v for k, v in changes.items()})

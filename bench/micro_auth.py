@@ -99,13 +99,16 @@ def main() -> None:
                 print(f"{alg:32} {statistics.median(values):18.1f} {statistics.median(values) - base_first:+10.1f}")
             print("\nrepeat use of a token (verified-token cache)")
 
-            store = app.extensions["taskgate.revocations"]
+            from app.revocation.store import Verdict
+            from app.services import services
+
+            store = services(app).store
             real_check = store.check
             results: dict[str, list[float]] = {}
             for _ in range(args.rounds):
                 for name, token in tokens.items():
                     results.setdefault(name, []).append(per_request_us(client, bearer(token), args.requests))
-                store.check = lambda principal, window=None: (False, 0)  # not revoked, nothing counted
+                store.check = lambda principal, window=None: Verdict(False, 0)  # not revoked, nothing counted
                 results.setdefault("HS256, revocation check off", []).append(
                     per_request_us(client, bearer(tokens["HS256"]), args.requests))
                 store.check = real_check

@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hiredis  # noqa: E402
 
 from app.cli import mint_token  # noqa: E402
+from app.revocation.store import Verdict  # noqa: E402
+from app.services import services  # noqa: E402
 from bench.micro_routes import REDIS_URL, call, environ, production_app  # noqa: E402
 
 
@@ -40,7 +42,7 @@ def main() -> None:
 
     with production_app() as (app, secret, _url):
         token = mint_token(secret, "bench-user", ttl=3600)
-        store = app.extensions["taskgate.revocations"]
+        store = services(app).store
         redis_at = urlparse(REDIS_URL)
         raw = socket.create_connection((redis_at.hostname, redis_at.port or 6379))
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -71,10 +73,10 @@ def main() -> None:
                 total += i
 
         def stub_exchange() -> None:
-            store._round_trip = lambda commands: [["1", None, None], 1, 1][:len(commands)]
+            store.check = lambda principal, window=None: Verdict(False, 1)
 
         def real_exchange() -> None:
-            store.__dict__.pop("_round_trip", None)
+            store.__dict__.pop("check", None)
 
         kinds: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
             "healthz": (real_exchange, healthz),

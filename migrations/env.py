@@ -2,9 +2,8 @@
 a connection handed in by tests through `config.attributes["connection"]`."""
 
 from alembic import context
-from sqlalchemy import pool, text
+from sqlalchemy import create_engine, pool, text
 
-from app.db import build_engine
 from app.models import Base
 
 config = context.config
@@ -37,8 +36,9 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = build_engine(config.get_main_option("sqlalchemy.url"))
-    engine.pool = pool.NullPool(engine.pool._creator)  # migrations need no pool
+    # Not app.db's engine: migrations run in one transaction (its DDL, and the advisory lock
+    # held until its commit), and need no pool.
+    engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
     with engine.connect() as connection:
         _run(connection)
     engine.dispose()

@@ -15,7 +15,7 @@ from alembic import command
 
 from app import create_app
 from app.cli import alembic_config
-from app.extensions import db
+from app.services import services
 from tests.services import create_postgres_database
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -96,7 +96,7 @@ def app(database_url: str, settings_overrides: dict[str, Any]):
     }
     app = create_app(config)
     yield app
-    db.dispose(app)
+    services(app).database.dispose()
 
 
 @pytest.fixture

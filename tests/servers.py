@@ -173,3 +173,42 @@ class TcpProxy:
                 except OSError:
                     pass
             self._sockets.clear()
+
+
+class RedisMonitor:
+    """The commands clients send to a Redis server (MONITOR), leaving out the ones scripts
+    run inside the server. `commands()`: each as its list of words, in order."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.seen: list[dict] = []
+        self._monitor = self.client.monitor()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self.seen.append(self._monitor.next_command())
+        except Exception:  # noqa: BLE001 - the connection was closed: done
+            return
+
+    def __enter__(self) -> RedisMonitor:
+        self._monitor.__enter__()
+        self._thread.start()
+        return self
+
+    def commands(self, settle: float = 0.2) -> list[list[str]]:
+        time.sleep(settle)  # MONITOR lines arrive just after the commands themselves
+        return [entry["command"].split() for entry in list(self.seen)
+                if entry["client_type"] != "lua" and not entry["command"].startswith(("MONITOR", "PING"))]
+
+    def clear(self) -> None:
+        time.sleep(0.2)
+        self.seen.clear()
+
+    def __exit__(self, *_exc) -> None:
+        self._monitor.connection.disconnect()
+        self._thread.join(timeout=5)
+        self.client.close()

@@ -9,6 +9,8 @@ import importlib
 import pytest
 import sqlalchemy as sa
 
+from app.services import services
+
 db_module = importlib.import_module("app.db")  # `app.db` the attribute is the Database extension
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
@@ -61,20 +63,12 @@ def test_concurrent_toggles_never_lose_a_flip(client, as_user, app):
     assert client.get(f"/api/v1/tasks/{task_id}", headers=headers).get_json()["completed"] is False
 
 
-def test_the_hot_statements_run_straight_on_psycopg(app):
-    """List, read, create and toggle skip SQLAlchemy's execution layer on PostgreSQL (app.db.Statements);
-    their typed parameters still go through the column types' conversions."""
-    from app.db import AUTOCOMMIT_KEY, _direct_sql
-    from app.tasks import _INSERT, _READ, _TOGGLE, _list_statement
+def test_a_statement_on_tasks_not_scoped_by_owned_is_refused(app):
+    import sqlalchemy as sa
 
-    dialect = app.extensions[AUTOCOMMIT_KEY].engine.dialect
-    listing = _direct_sql(_list_statement("all", True, True, "priority", "desc"), dialect,
-                          ("limit", "offset", "owner", "priority", "q"))
-    assert listing is not None and "ORDER BY" in listing.sql
-    assert _direct_sql(_READ, dialect, ("owner", "task_id")) is not None
-    toggle = _direct_sql(_TOGGLE, dialect, ("now", "owner", "task_id"))
-    assert toggle is not None and set(toggle.processors) == {"now"}
-    insert = _direct_sql(_INSERT, dialect, ("completed", "created_at", "description", "due_date", "priority",
-                                            "title", "updated_at", "user_id"))
-    assert insert is not None and {"created_at", "due_date", "updated_at"} <= set(insert.processors)
-    assert "RETURNING" in insert.sql and "id" not in insert.sql.split("VALUES")[0].split("(")[1].split(", ")
+    from app.models import Task
+    from app.tasks import OwnedTasks
+
+    tasks = OwnedTasks(services(app).database, "alice")
+    with pytest.raises(RuntimeError, match="not scoped to its owner"):
+        tasks._run(sa.select(Task.id))

@@ -6,6 +6,7 @@ import pytest
 from flask import Blueprint
 
 from app import ConfigError, create_app
+from app.services import services
 from tests.conftest import SECRET
 
 plugin_bp = Blueprint("plugin", __name__)
@@ -74,12 +75,12 @@ def test_development_generates_and_keeps_a_throwaway_secret(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     config = {"APP_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
               "BETTER_AUTH_SECRET": "", "REDIS_URL": ""}
-    first = create_app(config).extensions["taskgate.settings"]
-    second = create_app(config).extensions["taskgate.settings"]
+    first = services(create_app(config)).settings
+    second = services(create_app(config)).settings
     assert first.secret_generated and len(first.secret) >= 32
     assert first.secret == second.secret  # `flask run` and `flask token mint` agree
 
 
 def test_cors_origins_are_normalised(tmp_path):
     app = create_app(base_config(tmp_path, CORS_ORIGINS="https://App.Example.com/, http://127.0.0.1:3000"))
-    assert app.extensions["taskgate.settings"].cors_origins == ("https://app.example.com", "http://127.0.0.1:3000")
+    assert services(app).settings.cors_origins == ("https://app.example.com", "http://127.0.0.1:3000")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import TypeAdapter
 
@@ -26,8 +28,7 @@ def test_every_api_route_is_documented(app, document):
     for rule in app.url_map.iter_rules():
         if rule.endpoint in ("static", "openapi", "metrics"):  # not JSON API routes
             continue
-        path = rule.rule.replace("<int:task_id>", "{task_id}").replace("<user_id>", "{user_id}").replace(
-            "<sid>", "{sid}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (path, method.lower()) in documented, (path, method)
 

@@ -37,13 +37,20 @@ def test_failed_authentications_are_limited_per_ip(client, as_user):
     assert client.get("/api/v1/tasks", headers=bearer("garbage"), environ_base=other_ip).status_code == 401
 
 
-def test_anonymous_calls_are_limited_per_ip_but_health_checks_are_not(client):
+def test_missing_tokens_are_limited_per_ip(client):
     for _ in range(3):
         assert client.get("/api/v1/tasks").get_json()["code"] == "missing_token"
     assert_limited(client.get("/api/v1/auth/me"))
+
+
+@pytest.mark.parametrize("path", ["/readyz", "/openapi.json", "/metrics"])
+def test_anonymous_endpoints_are_limited_per_ip_but_liveness_is_not(client, path):
+    for _ in range(3):
+        assert client.get(path).status_code == 200
+    assert_limited(client.get(path))
+    assert client.get(path, environ_base={"REMOTE_ADDR": "10.9.8.7"}).status_code == 200  # another IP
     for _ in range(10):
         assert client.get("/healthz").status_code == 200
-        assert client.get("/readyz").status_code == 200
 
 
 def test_rate_limits_are_off_in_tests_by_default(tmp_path):

@@ -1,4 +1,4 @@
-"""DESIGN §3 through the HTTP API and the CLI, on the in-process store (fakeredis)."""
+"""CONTRACT §3 through the HTTP API and the CLI, on the in-process store (fakeredis)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import pytest
 import sqlalchemy as sa
 from redis.exceptions import ResponseError
 
-from app.revocation import revocations
+from app.revocation.keys import BUCKETS
+from app.revocation.store import RevocationTarget
+from app.services import services
 from tests.conftest import SECRET, bearer, encode
 
 
 @pytest.fixture
 def store(app):
-    with app.app_context():
-        yield revocations()
+    return services(app).store
 
 
 @pytest.fixture
@@ -31,10 +32,7 @@ def status(client, token: str, path: str = "/api/v1/auth/me") -> int | str:
 
 
 def audit_rows(app) -> list[dict]:
-    with app.app_context():
-        from app.extensions import db
-
-        return [dict(r._mapping) for r in db.session.execute(sa.text("SELECT * FROM revocations ORDER BY id"))]
+    return [dict(r._mapping) for r in services(app).database.rows(sa.text("SELECT * FROM revocations ORDER BY id"))]
 
 
 def test_logout_revokes_this_token_only(client, make_token):
@@ -87,16 +85,13 @@ def test_admin_revokes_a_user(client, make_token, admin):
     assert status(client, make_token("alice", iat=now + 2)) == 200
 
 
-def test_a_later_cutoff_is_never_lowered(client, app, store, make_token):
-    from app.extensions import db
-
-    with app.test_request_context():
-        later = store.open_ended_target("user", "alice", "alice", now=time.time())
-        earlier = store.open_ended_target("user", "alice", "alice", now=time.time() - 1000)
-        store.revoke(db.session, later, "test", None)
-        store.revoke(db.session, earlier, "test", None)
-        db.session.commit()
-        assert float(store.client.get(store.key("user", "alice"))) == pytest.approx(later.cutoff)
+def test_a_later_cutoff_is_never_lowered(store):
+    now = time.time()
+    later = RevocationTarget("user", "alice", now + 1000, "alice", cutoff=now)
+    earlier = RevocationTarget("user", "alice", now + 1000, "alice", cutoff=now - 1000)
+    store.revoke(later, "test", None)
+    store.revoke(earlier, "test", None)
+    assert float(store.redis.client.get(store.keys.cutoff("alice"))) == pytest.approx(now)
 
 
 def test_admin_revokes_a_session(client, make_token, admin):
@@ -154,21 +149,9 @@ def test_entries_expire_with_the_last_token_they_affect(client, store, make_toke
     now = int(time.time())
     token = make_token("alice", jti="short", iat=now, exp=now + 120)
     client.post("/api/v1/auth/logout", headers=bearer(token))
-    assert 120 <= store.client.ttl(store.key("jti", "short")) <= 120 + 31
+    assert 120 <= store.redis.client.ttl(store.keys.jti("short")) <= 120 + 31
     client.post("/api/v1/admin/users/alice/revoke", headers=admin)
-    assert store.client.ttl(store.key("user", "alice")) >= 604800
-
-
-def test_one_redis_round_trip_per_authenticated_request(client, store, make_token, monkeypatch):
-    token = make_token("alice", sid="s-1")
-    assert status(client, token) == 200  # loads the marker
-    round_trips = []
-    original = store._round_trip
-    monkeypatch.setattr(store, "_round_trip", lambda commands: round_trips.append(
-        [command[0] for command in commands]) or original(commands))
-    monkeypatch.setattr(store.client, "execute_command", lambda *args, **kw: pytest.fail(f"extra command {args}"))
-    assert status(client, token, "/api/v1/tasks") == 200
-    assert round_trips == [["MGET"]]
+    assert store.redis.client.ttl(store.keys.cutoff("alice")) >= 604800
 
 
 def test_denylist_is_rebuilt_after_redis_loses_its_data(client, app, store, make_token, admin):
@@ -178,22 +161,46 @@ def test_denylist_is_rebuilt_after_redis_loses_its_data(client, app, store, make
     client.post("/api/v1/auth/logout", headers=bearer(logged_out))
     client.post("/api/v1/admin/sessions/s-1/revoke", headers=admin)
     client.post("/api/v1/admin/users/bob/revoke", headers=admin)
-    store.client.flushall()
+    store.redis.client.flushall()
     assert status(client, logged_out) == "token_revoked"
     assert status(client, old_session) == "token_revoked"
     assert status(client, old_user) == "token_revoked"
     assert status(client, make_token("bob", iat=now + 2)) == 200
-    assert store.client.get(store.marker) == "1"
+    assert all(store.redis.get_many([store.keys.state(b) for b in range(BUCKETS)]))
 
 
-def test_a_revocation_redis_refuses_is_an_error_and_leaves_no_record(client, app, store, make_token, monkeypatch):
+def test_a_redis_write_that_fails_after_the_commit_is_a_503_and_the_next_request_repairs_it(
+        client, app, store, make_token, monkeypatch):
     token = make_token("alice")
-    monkeypatch.setattr(store.client, "set", lambda *a, **k: (_ for _ in ()).throw(
-        ResponseError("OOM command not allowed when used memory > 'maxmemory'")))
+    assert status(client, token) == 200
+    real_run = store.redis.run
+
+    def refuse_applies(call):
+        if call.script == "apply":
+            raise ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+        return real_run(call)
+
+    monkeypatch.setattr(store.redis, "run", refuse_applies)
     response = client.post("/api/v1/auth/logout", headers=bearer(token))
     assert response.status_code == 503 and response.get_json()["code"] == "service_unavailable"
-    assert audit_rows(app) == []
+    assert [row["kind"] for row in audit_rows(app)] == ["jti"]  # committed first
     monkeypatch.undo()
+    assert status(client, token) == "token_revoked"  # the next check found the gap and repaired it
+
+
+def test_a_commit_that_fails_leaves_no_row_and_no_denial(client, app, store, make_token, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    token = make_token("alice")
+    assert status(client, token) == 200
+
+    def refuse(*_args, **_kwargs):
+        raise OperationalError("INSERT", {}, Exception("the database went away"))
+
+    monkeypatch.setattr(store.database, "rows", refuse)
+    assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 503
+    monkeypatch.undo()
+    assert audit_rows(app) == []
     assert status(client, token) == 200
 
 

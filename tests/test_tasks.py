@@ -1,4 +1,4 @@
-"""DESIGN §4 task routes: CRUD, validation, filters, sort and pagination, on SQLite and PostgreSQL."""
+"""CONTRACT §4 task routes: CRUD, validation, filters, sort and pagination, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN §2: every way a token can be wrong is a 401 problem with the right code."""
+"""CONTRACT §2: every way a token can be wrong is a 401 problem with the right code."""
 
 from __future__ import annotations
 

@@ -7,15 +7,19 @@ import time
 
 import pytest
 
-import app.auth as auth
+from app.config import load_settings
+from app.errors import TokenRejected
+from app.security import gate, tokens
+from app.security.tokens import Principal
+from app.security.verified_tokens import VerifiedTokens
 from tests.conftest import bearer
 
 
 @pytest.fixture
 def verifications(monkeypatch):
     calls = []
-    original = auth.verify_jwt_in_request
-    monkeypatch.setattr(auth, "verify_jwt_in_request", lambda: calls.append(1) or original())
+    original = tokens.verify
+    monkeypatch.setattr(gate.tokens, "verify", lambda *args: calls.append(1) or original(*args))
     return calls
 
 
@@ -30,7 +34,7 @@ def test_a_cached_token_still_expires(client, make_token, monkeypatch):
     now = int(time.time())
     token = make_token("alice", iat=now, exp=now + 60)
     assert client.get("/api/v1/auth/me", headers=bearer(token)).status_code == 200
-    monkeypatch.setattr(auth.time, "time", lambda: now + 60 + 31)
+    monkeypatch.setattr(gate.time, "time", lambda: now + 60 + 31)
     assert client.get("/api/v1/auth/me", headers=bearer(token)).get_json()["code"] == "token_expired"
 
 
@@ -38,7 +42,7 @@ def test_a_cached_token_still_ages_out(client, make_token, monkeypatch):
     now = int(time.time())
     token = make_token("alice", iat=now, exp=now + 30 * 86400)
     assert client.get("/api/v1/auth/me", headers=bearer(token)).status_code == 200
-    monkeypatch.setattr(auth.time, "time", lambda: now + 7 * 86400 + 1)
+    monkeypatch.setattr(gate.time, "time", lambda: now + 7 * 86400 + 1)
     assert client.get("/api/v1/auth/me", headers=bearer(token)).get_json()["code"] == "token_expired"
 
 
@@ -49,15 +53,15 @@ def test_a_cached_token_is_still_checked_for_revocation(client, make_token, as_u
     assert client.get("/api/v1/auth/me", headers=bearer(token)).get_json()["code"] == "token_revoked"
 
 
-def test_the_cache_is_bounded_and_entries_have_a_lifetime():
-    cache = auth.VerifiedTokens(size=2, ttl=10)
-
-    class Settings:
-        leeway_seconds, max_age_seconds = 30, 604800
-
-    principal = auth.Principal("u", None, None, None, False, None, None, 1000.0, 5000.0, {})
+def test_the_cache_is_bounded_and_entries_have_a_lifetime(tmp_path):
+    cache = VerifiedTokens(size=2, ttl=10)
+    settings = load_settings({"APP_ENV": "testing", "BETTER_AUTH_SECRET": "x" * 40}, tmp_path)
+    principal = Principal("u", None, None, None, False, None, None, 1000.0, 5000.0, {})
     for token in ("a", "b", "c"):
         cache.put(token, principal, 1000.0)
-    assert cache.get("a", Settings, 1001.0) is None  # evicted, least recently used
-    assert cache.get("c", Settings, 1005.0) is principal
-    assert cache.get("c", Settings, 1011.0) is None  # older than its lifetime
+    assert cache.get("a", settings, 1001.0) is None  # evicted, least recently used
+    assert cache.get("c", settings, 1005.0) is principal
+    assert cache.get("c", settings, 1011.0) is None  # older than its lifetime
+    cache.put("d", principal, 5025.0)
+    with pytest.raises(TokenRejected):  # expired since (exp 5000 + the leeway)
+        cache.get("d", settings, 5000.0 + settings.leeway_seconds + 1)

@@ -6,11 +6,19 @@ from flask import Blueprint
 from sqlalchemy import func, select
 
 from app.api import endpoint, json_response
-from app.auth import Principal, decode_for_revocation
-from app.extensions import db
 from app.models import Revocation
-from app.revocation import revocations
-from app.schemas import RevocationListQuery, RevocationRecord, Revoked, RevokeRequest, RevokeTokenRequest, UserRevoked
+from app.schemas import (
+    RevocationListQuery,
+    RevocationRecord,
+    Revoked,
+    RevokeRequest,
+    RevokeTokenRequest,
+    SessionPath,
+    UserPath,
+    UserRevoked,
+)
+from app.security.tokens import Principal, claims_for_revocation
+from app.services import services
 
 bp = Blueprint("admin", __name__)
 
@@ -19,36 +27,34 @@ def _actor(principal: Principal) -> str:
     return f"admin:{principal.user_id}"
 
 
-@bp.post("/api/v1/admin/users/<user_id>/revoke")
-@endpoint(summary="Revoke every token of a user issued up to now", tag="admin", auth="admin",
+# `id`: any id a token can carry, slashes included (validated by the path model);
+# merge_slashes=False so that an id with "//" reaches the view as it is.
+@bp.post("/api/v1/admin/users/<id:user_id>/revoke", merge_slashes=False)
+@endpoint(summary="Revoke every token of a user issued up to now", tag="admin", auth="admin", path=UserPath,
           body=RevokeRequest, body_required=False, response=UserRevoked)
-def revoke_user(principal: Principal, user_id: str, body: RevokeRequest):
-    record = revocations().revoke_user(db.session, user_id, _actor(principal), body.reason)
-    db.session.commit()
-    return json_response({"user_id": user_id, "revoked_before": record.created_at})
+def revoke_user(principal: Principal, path: UserPath, body: RevokeRequest):
+    record = services().store.revoke_user(path.user_id, _actor(principal), body.reason)
+    return json_response({"user_id": path.user_id, "revoked_before": record["cutoff"]})
 
 
-@bp.post("/api/v1/admin/sessions/<sid>/revoke")
-@endpoint(summary="Revoke every token of a session (sid claim)", tag="admin", auth="admin",
+@bp.post("/api/v1/admin/sessions/<id:sid>/revoke", merge_slashes=False)
+@endpoint(summary="Revoke every token of a session (sid claim)", tag="admin", auth="admin", path=SessionPath,
           body=RevokeRequest, body_required=False, response=Revoked)
-def revoke_session(principal: Principal, sid: str, body: RevokeRequest):
-    revocations().revoke_session(db.session, sid, _actor(principal), body.reason)
-    db.session.commit()
-    return json_response({"revoked": "session", "target": sid})
+def revoke_session(principal: Principal, path: SessionPath, body: RevokeRequest):
+    services().store.revoke_session(path.sid, _actor(principal), body.reason)
+    return json_response({"revoked": "session", "target": path.sid})
 
 
 @bp.post("/api/v1/admin/tokens/revoke")
 @endpoint(summary="Revoke one token, by jti or by the token itself", tag="admin", auth="admin",
           body=RevokeTokenRequest, response=Revoked)
 def revoke_token(principal: Principal, body: RevokeTokenRequest):
-    store = revocations()
+    store = services().store
     if body.jti is not None:
-        record = store.revoke_jti(db.session, body.jti, _actor(principal), body.reason)
+        record = store.revoke_jti(body.jti, _actor(principal), body.reason)
     else:
-        claims = decode_for_revocation(body.token)
-        record = store.revoke_token(db.session, claims, _actor(principal), body.reason)
-    db.session.commit()
-    return json_response({"revoked": record.kind, "target": record.target})
+        record = store.revoke_token(claims_for_revocation(body.token), _actor(principal), body.reason)
+    return json_response({"revoked": record["kind"], "target": record["target"]})
 
 
 @bp.get("/api/v1/admin/revocations")
@@ -56,11 +62,15 @@ def revoke_token(principal: Principal, body: RevokeTokenRequest):
           query=RevocationListQuery, response=list[RevocationRecord],
           headers={"X-Total-Count": "Number of records matching the filter"})
 def list_revocations(principal: Principal, query: RevocationListQuery):
-    statement = select(Revocation)
+    statement = select(*(getattr(Revocation, name) for name in RevocationRecord.model_fields),
+                       func.count().over().label("total"))
     if query.user_id is not None:
         statement = statement.where(Revocation.user_id == query.user_id)
-    total = db.session.scalar(select(func.count()).select_from(statement.subquery())) or 0
-    rows = db.session.scalars(statement.order_by(Revocation.created_at.desc(), Revocation.id.desc())
-                              .limit(query.limit).offset(query.offset))
-    records = [RevocationRecord.model_validate(row, from_attributes=True).model_dump() for row in rows]
+    rows = services().database.rows(statement.order_by(Revocation.created_at.desc(), Revocation.id.desc())
+                                    .limit(query.limit).offset(query.offset))
+    if rows:
+        total = rows[0].total
+    else:
+        total = services().database.rows(statement.with_only_columns(func.count()))[0][0] if query.offset else 0
+    records = [{name: row._mapping[name] for name in RevocationRecord.model_fields} for row in rows]
     return json_response(records, headers={"X-Total-Count": str(total)})

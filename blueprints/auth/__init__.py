@@ -7,10 +7,9 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response
 
 from app.api import endpoint, json_response
-from app.auth import Principal
-from app.extensions import db
-from app.revocation import revocations
 from app.schemas import LogoutRequest, Me
+from app.security.tokens import Principal
+from app.services import services
 
 bp = Blueprint("auth", __name__)
 
@@ -37,14 +36,14 @@ def me(principal: Principal):
     })
 
 
+# Not counted against the user's rate limit: a user over it can always log out.
 @bp.post("/api/v1/auth/logout")
 @endpoint(summary="Revoke this token, or with everywhere=true every token of the caller", tag="auth",
-          body=LogoutRequest, body_required=False, status=204)
+          body=LogoutRequest, body_required=False, status=204, rate_limited=False)
 def logout(principal: Principal, body: LogoutRequest):
-    store, actor = revocations(), f"user:{principal.user_id}"
+    store, actor = services().store, f"user:{principal.user_id}"
     if body.everywhere:
-        store.revoke_user(db.session, principal.user_id, actor, "logout everywhere")
+        store.revoke_user(principal.user_id, actor, "logout everywhere")
     else:
-        store.revoke_token(db.session, principal.claims, actor, "logout")
-    db.session.commit()
+        store.revoke_token(principal.claims, actor, "logout")
     return Response(status=204)

@@ -1,18 +1,18 @@
 """Task routes, in both forms: `/api/<user_id>/tasks…` and `/api/v1/tasks…`.
 
-Thin: validate (the `endpoint` declaration), call `OwnedTasks`, serialise, commit once.
+Thin: validate (the `endpoint` declaration), call `OwnedTasks`, serialise.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, url_for
 
-from app import models
 from app.api import endpoint, json_response
-from app.auth import Principal, require_path_user
-from app.extensions import db
 from app.schemas import Task, TaskCreate, TaskListQuery, TaskPatch, TaskReplace
-from app.tasks import OwnedTasks, task_to_dict
+from app.security.authz import require_path_user
+from app.security.tokens import Principal
+from app.services import services
+from app.tasks import OwnedTasks
 
 bp = Blueprint("tasks", __name__)
 
@@ -33,14 +33,7 @@ def owned_tasks(principal: Principal, user_id: str | None) -> OwnedTasks:
     """The caller's tasks (for `/api/<user_id>/…`, only if the path names the caller)."""
     if user_id is not None:
         require_path_user(principal, user_id)
-    return OwnedTasks(db, principal.user_id)
-
-
-def committed(task: models.Task) -> Response:
-    """The request's transaction committed, once, and the task it changed."""
-    body = task_to_dict(task)
-    db.session.commit()
-    return json_response(body)
+    return OwnedTasks(services().database, principal.user_id)
 
 
 @route("GET", COLLECTION)
@@ -55,7 +48,7 @@ def list_tasks(principal: Principal, query: TaskListQuery, user_id: str | None =
 @endpoint(summary="Create a task", tag="tasks", body=TaskCreate, response=Task, status=201,
           errors=(403,), headers={"Location": "URL of the new task"})
 def create_task(principal: Principal, body: TaskCreate, user_id: str | None = None):
-    task = owned_tasks(principal, user_id).create(body)  # one INSERT, committed by itself
+    task = owned_tasks(principal, user_id).create(body)
     location = url_for("tasks.get_task", user_id=user_id, task_id=task["id"]) if user_id else url_for(
         "tasks.get_task", task_id=task["id"])
     return json_response(task, 201, {"Location": location})
@@ -71,25 +64,24 @@ def get_task(principal: Principal, task_id: int, user_id: str | None = None):
 @endpoint(summary="Replace a task (title required)", tag="tasks", body=TaskReplace, response=Task,
           errors=(403, 404))
 def replace_task(principal: Principal, task_id: int, body: TaskReplace, user_id: str | None = None):
-    return committed(owned_tasks(principal, user_id).replace(task_id, body))
+    return json_response(owned_tasks(principal, user_id).replace(task_id, body))
 
 
 @route("PATCH", ITEM)
 @endpoint(summary="Update some fields of a task", tag="tasks", body=TaskPatch, response=Task,
           errors=(403, 404))
 def patch_task(principal: Principal, task_id: int, body: TaskPatch, user_id: str | None = None):
-    return committed(owned_tasks(principal, user_id).patch(task_id, body))
+    return json_response(owned_tasks(principal, user_id).patch(task_id, body))
 
 
 @route("DELETE", ITEM)
 @endpoint(summary="Delete a task", tag="tasks", status=204, errors=(403, 404))
 def delete_task(principal: Principal, task_id: int, user_id: str | None = None):
     owned_tasks(principal, user_id).delete(task_id)
-    db.session.commit()
     return Response(status=204)
 
 
 @route("PATCH", COMPLETE)
 @endpoint(summary="Toggle a task's completed flag", tag="tasks", response=Task, errors=(403, 404))
 def toggle_task(principal: Principal, task_id: int, user_id: str | None = None):
-    return json_response(owned_tasks(principal, user_id).toggle(task_id))  # one UPDATE, committed by itself
+    return json_response(owned_tasks(principal, user_id).toggle(task_id))

@@ -9,6 +9,8 @@ import pytest
 from tests.conftest import SECRET
 from tests.services import redis_key_prefix, require_redis
 
+METRICS_TOKEN = "metrics-token-for-the-tests-0123456789"
+
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
@@ -27,6 +29,7 @@ def production_env(postgres_url: str, redis_prefix: str) -> dict[str, str]:
         "BETTER_AUTH_SECRET": SECRET,
         "BETTER_AUTH_URL": "",
         "LOG_LEVEL": "WARNING",
+        "METRICS_TOKEN": METRICS_TOKEN,
         # The limiter stays on (its real Redis path runs), far above what a test sends.
         "RATE_LIMIT_USER": "1000000/minute",
         "RATE_LIMIT_AUTH_FAILURES": "1000000/minute",

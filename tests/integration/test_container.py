@@ -83,6 +83,7 @@ def container_env() -> Iterator[dict[str, str]]:
             "BETTER_AUTH_SECRET": SECRET, "METRICS_TOKEN": secrets.token_urlsafe(24),
             "GUNICORN_WORKERS": "2", "LOG_LEVEL": "INFO", "DB_WAIT_SECONDS": "30",
             "RATE_LIMIT_USER": "1000000/minute", "RATE_LIMIT_AUTH_FAILURES": "1000000/minute",
+            "RATE_LIMIT_IP": "1000000/minute",  # the readiness polls
         }
     drop()
 

@@ -31,7 +31,7 @@ MAX_CONTENT_LENGTH = 64 * 1024  # the app's default, which the configuration's c
 @pytest.fixture
 def proxied_env(production_env: dict[str, str]) -> dict[str, str]:
     """The app as it runs behind nginx: one trusted proxy hop."""
-    return {**production_env, "PROXY_HOPS": "1", "LOG_LEVEL": "INFO", "METRICS_TOKEN": uuid.uuid4().hex}
+    return {**production_env, "PROXY_HOPS": "1", "LOG_LEVEL": "INFO"}
 
 
 def address(server: Gunicorn) -> str:

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.cli import alembic_config
 from tests.conftest import bearer
+from tests.integration.conftest import METRICS_TOKEN
 from tests.servers import ROOT, Gunicorn, free_port, wait_until
 from tests.services import create_postgres_database
 
@@ -50,12 +51,13 @@ def test_smoke_health_crud_metrics_and_logs(production_env, make_token):
         for _ in range(6):  # spread over both workers
             requests.get(f"{server.url}/api/v1/tasks", headers=bearer("bad"), timeout=5)
 
-        samples = metric_samples(requests.get(f"{server.url}/metrics", timeout=5).text)
+        samples = metric_samples(requests.get(f"{server.url}/metrics", headers=bearer(METRICS_TOKEN), timeout=5).text)
         created_key = ("taskgate_http_requests_total",
                        (("method", "POST"), ("route", "/api/v1/tasks"), ("status", "201")))
         assert samples[created_key] == 1
         assert samples[("taskgate_token_failures_total", (("code", "invalid_token"),))] == 6
         assert samples[("taskgate_revocation_checks_total", (("result", "ok"),))] >= 5
+        assert requests.get(f"{server.url}/metrics", timeout=5).status_code == 401  # needs METRICS_TOKEN
 
         time.sleep(0.5)
         lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]

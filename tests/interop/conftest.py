@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from app import create_app
-from app.extensions import db
+from app.services import services
 from tests.interop.issuer import BetterAuthIssuer
 
 pytestmark = pytest.mark.integration
@@ -51,4 +51,4 @@ def taskgate(database_url: str):
 
     yield build
     for app in apps:
-        db.dispose(app)
+        services(app).database.dispose()

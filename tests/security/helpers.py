@@ -11,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from app.services import services
 from tests.conftest import SECRET
 
 PROBLEM = "application/problem+json"
@@ -52,7 +53,7 @@ def valid_token(user_id: str = "alice", **extra: Any) -> str:
 
 
 def rows(app, table: str) -> int:
-    engine = app.extensions["taskgate.db"].kw["bind"]
+    engine = services(app).database.engine
     with engine.connect() as connection:
         return connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()  # noqa: S608
 

@@ -1,4 +1,4 @@
-"""Owner isolation as a property (DESIGN §4): a Hypothesis state machine drives random
+"""Owner isolation as a property (CONTRACT §4): a Hypothesis state machine drives random
 interleavings of create / read / replace (PUT) / patch / delete / toggle / list by three
 users, through the HTTP test client and both URL forms, on SQLite and PostgreSQL.
 
@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
+from app.services import services
 from tests.conftest import bearer
 
 BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
@@ -93,7 +94,7 @@ def parse_time(value: str | None) -> datetime | None:
 
 
 def reset_database(app, backend: str) -> None:
-    engine = app.extensions["taskgate.db"].kw["bind"]
+    engine = services(app).database.engine
     with engine.begin() as connection:
         if backend == "postgresql":
             connection.execute(sa.text("TRUNCATE tasks RESTART IDENTITY"))
@@ -355,7 +356,7 @@ def make_machine(app, client, backend: str, headers: dict[str, dict[str, str]]):
                         self.check_not_found(response)
                     else:
                         self.check_task(response.get_json(), self.tasks[task_id])
-            engine = app.extensions["taskgate.db"].kw["bind"]
+            engine = services(app).database.engine
             with engine.connect() as connection:
                 stored = dict(connection.execute(sa.text("SELECT id, user_id FROM tasks")).all())
             assert stored == {i: t["user_id"] for i, t in self.tasks.items()}

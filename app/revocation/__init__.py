@@ -1,0 +1,1 @@
+"""Revocation: the denylist in Redis (`store`, `scripts`) and which Redis it lives in (`topology`)."""

@@ -1,0 +1,41 @@
+"""The app's settings and services, behind one typed accessor.
+
+`create_app` builds one `Services` per app and keeps it in `app.extensions`; everything else
+reaches it through `services()`, never through string keys of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flask import Flask, current_app
+
+if TYPE_CHECKING:
+    from app.config import Settings
+    from app.db import Database
+    from app.rate_limits import RateLimits
+    from app.revocation.store import RevocationStore
+    from app.security.jwks import JwksKeySet
+    from app.security.verified_tokens import VerifiedTokens
+
+EXTENSION_KEY = "taskgate"
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    database: Database
+    store: RevocationStore
+    keys: JwksKeySet | None  # JWKS mode only
+    verified_tokens: VerifiedTokens
+    rate_limits: RateLimits | None  # None when RATE_LIMITS_ENABLED is off
+
+
+def services(app: Flask | None = None) -> Services:
+    """The current (or given) app's services."""
+    return (app or current_app).extensions[EXTENSION_KEY]
+
+
+def install(app: Flask, found: Services) -> None:
+    app.extensions[EXTENSION_KEY] = found
