@@ -103,12 +103,11 @@ def test_pip_install_dot_gives_a_working_service(tmp_path):
     upgrade = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], cwd=workdir,
                              env=env, capture_output=True, text=True, timeout=120)
     assert upgrade.returncode == 0, upgrade.stderr
-    check = ("import app, sqlalchemy as sa\n"
+    check = ("import os, app, sqlalchemy as sa\n"
              "client = app.create_app().test_client()\n"
              "print(app.__file__)\n"
              "print(client.get('/healthz').status_code, client.get('/api/v1/tasks').status_code)\n"
-             "engine = sa.create_engine(app.create_app().extensions['taskgate.settings'].database_url)\n"
-             "print(sorted(sa.inspect(engine).get_table_names()))\n")
+             "print(sorted(sa.inspect(sa.create_engine(os.environ['DATABASE_URL'])).get_table_names()))\n")
     result = subprocess.run([sys.executable, "-c", check], cwd=workdir, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
