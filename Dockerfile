@@ -1,10 +1,18 @@
 # taskgate: Flask service served by gunicorn (gthread).
 #
-#   docker build -t taskgate .
-#   docker run --env-file .env -p 8000:8000 taskgate
+#   DOCKER_BUILDKIT=1 docker build -t taskgate .
+#   docker run --env-file .env -p 8000:8000 --read-only --tmpfs /tmp taskgate
 #
+# Behind a TLS-intercepting proxy, hand pip the proxy's CA as a BuildKit secret
+# (it is mounted for the pip step only and never stored in a layer):
+#   docker build --secret id=ca,src="$PIP_CERT" -t taskgate .
+#
+# PYTHON_IMAGE is any Debian bookworm image with Python 3.11 and venv: the
+# official python:3.11-slim-bookworm, or one made from Debian packages
+# (debootstrap with python3, python3-venv and python-is-python3, then
+# `docker import`; tests/containers.py does that where no registry is reachable).
 # Both stages must use the same base image: the virtualenv copied from the
-# builder points at the base image's /usr/local/bin/python3.11.
+# builder points at the base image's python3.11.
 ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm
 
 # ---------------------------------------------------------------------------
@@ -22,7 +30,10 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 COPY requirements.txt /tmp/requirements.txt
-RUN pip install --no-cache-dir -r /tmp/requirements.txt
+# The secret is optional: without it (no proxy in the way) pip uses its own CA bundle.
+RUN --mount=type=secret,id=ca \
+    if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+ && pip install --no-cache-dir -r /tmp/requirements.txt
 
 # ---------------------------------------------------------------------------
 # runtime

@@ -2,7 +2,10 @@
 
 Run with:  gunicorn -c gunicorn.conf.py wsgi:app
 
-This file never imports the application. Every setting can be overridden by an
+This file never imports the application (its import would load prometheus_client in the
+master before PROMETHEUS_MULTIPROC_DIR is set, and metrics would silently stop adding up
+across workers). gunicorn's own log lines are JSON in the app's format (time, level,
+logger, message), so stderr has one format. Every setting can be overridden by an
 environment variable (GUNICORN_CMD_ARGS, if set, is applied by gunicorn after
 this file and wins over everything here):
 
@@ -10,7 +13,10 @@ this file and wins over everything here):
   GUNICORN_BIND                 full bind address(es), comma-separated;
                                 replaces 0.0.0.0:$PORT when set
   GUNICORN_WORKER_CLASS         worker class                         (gthread)
-  GUNICORN_WORKERS              worker processes     (2 x CPUs available, at least 2)
+  GUNICORN_WORKERS              worker processes     (WEB_CONCURRENCY, else
+                                2 x CPUs available, at least 2)
+  WEB_CONCURRENCY               worker processes, as hosting platforms set
+                                it (GUNICORN_WORKERS wins)
   GUNICORN_THREADS              threads per worker                   (2)
   GUNICORN_WORKER_CONNECTIONS   max open connections per worker      (2000)
   GUNICORN_KEEPALIVE            keep-alive idle timeout, seconds     (5)
@@ -38,9 +44,15 @@ this file and wins over everything here):
                                 defaults to FORWARDED_ALLOW_IPS)
 """
 
+import logging
+import logging.handlers
 import math
 import os
 import resource
+from datetime import UTC, datetime
+
+import orjson
+from gunicorn.glogging import Logger
 
 
 def _env_str(name, default):
@@ -136,7 +148,9 @@ worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread") or "gthread"
 # (bench/RESULTS.md): 4 workers served more mixed load than 6x4 (the previous default) in
 # every sweep; in three full runs each, 4x2 did better than 4x3 at the median and at the
 # worst (mixed 41.9% vs 41.6%, /me 78.3% vs 74.7%, 1000 req/s p95 57 ms vs 450 ms).
-workers = _env_int("GUNICORN_WORKERS", max(2, 2 * _cpus_available()), minimum=1)
+# WEB_CONCURRENCY is what hosting platforms (Heroku, Render, ...) set for the worker count.
+workers = _env_int("GUNICORN_WORKERS", _env_int("WEB_CONCURRENCY", max(2, 2 * _cpus_available()), minimum=1),
+                   minimum=1)
 threads = _env_int("GUNICORN_THREADS", 2, minimum=1)
 worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 2000, minimum=1)
 
@@ -181,6 +195,39 @@ else:
 accesslog = _env_str("GUNICORN_ACCESS_LOG", "") or None
 errorlog = _env_str("GUNICORN_ERROR_LOG", "-") or "-"
 loglevel = (_env_str("GUNICORN_LOG_LEVEL", "") or _env_str("LOG_LEVEL", "") or "info").lower()
+
+
+class JsonFormatter(logging.Formatter):
+    """The line app/logs.py writes (tests/integration/test_gunicorn_logs.py keeps them equal)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class JsonLogger(Logger):
+    """gunicorn's logger with its handlers (stream or file, as errorlog/accesslog say) writing JSON.
+
+    Not logconfig_dict: with any logconfig set, gunicorn builds the access-log fields of every
+    request even when no access log is written, which is CPU spent on every request for nothing."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if not isinstance(handler, logging.handlers.SysLogHandler):  # syslog keeps its own framing
+                    handler.setFormatter(JsonFormatter())
+
+
+logger_class = JsonLogger
 
 # --- Proxies ----------------------------------------------------------------
 # Only trust X-Forwarded-For/-Proto from these addresses. Behind a reverse

@@ -15,12 +15,25 @@
 # printed: it contains the database password.
 set -eu
 
+# One JSON object per line on stderr, in the app's format (time, level, logger, message),
+# so the container's output has one format from the first line on.
+json_string() {
+    printf '%s' "$1" | tr '\000-\037' ' ' | sed 's/\\/\\\\/g; s/"/\\"/g'
+}
+
+log_at() {
+    level=$1
+    shift
+    printf '{"time":"%s","level":"%s","logger":"taskgate.entrypoint","message":"%s"}\n' \
+        "$(date -u '+%Y-%m-%dT%H:%M:%S+00:00')" "$level" "$(json_string "$*")" >&2
+}
+
 log() {
-    printf '%s taskgate-entrypoint: %s\n' "$(date -u '+%Y-%m-%dT%H:%M:%SZ')" "$*" >&2
+    log_at info "$@"
 }
 
 die() {
-    log "ERROR: $*"
+    log_at error "$*"
     exit 1
 }
 
@@ -161,7 +174,7 @@ run_migrations() {
     flask --app wsgi db upgrade || status=$?
     if [ "$status" -ne 0 ]; then
         # Keep flask's exit status (wsgi.py exits 78 on a configuration error).
-        log "ERROR: database migrations failed (exit status $status)"
+        log_at error "database migrations failed (exit status $status)"
         exit "$status"
     fi
     log "migrations done"

@@ -1,0 +1,34 @@
+"""The README's "Running in production" commands are the ones the tests run."""
+
+from __future__ import annotations
+
+import re
+
+from tests.containers import BASE_MIRROR, BASE_PACKAGES, BASE_SUITE
+from tests.integration.test_container import RUN_OPTIONS
+from tests.nginx import SUBSTITUTED
+from tests.servers import ROOT
+
+
+def production_commands() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Running in production", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    return " ".join(" ".join(blocks).replace("\\\n", " ").split())
+
+
+def test_the_readme_runs_the_image_with_the_tests_flags():
+    commands = production_commands()
+    assert " ".join(RUN_OPTIONS) in commands
+    assert 'docker build --secret id=ca,src="$PIP_CERT"' in commands
+
+
+def test_the_readme_makes_the_base_image_as_the_tests_do():
+    recipe = f"debootstrap --variant=minbase --include={','.join(BASE_PACKAGES)} {BASE_SUITE} rootfs {BASE_MIRROR}"
+    assert recipe in production_commands()
+    assert "--build-arg PYTHON_IMAGE=taskgate-base/" in production_commands()
+
+
+def test_the_readme_renders_the_nginx_template_as_the_tests_do():
+    assert f"envsubst '{SUBSTITUTED}' < deploy/nginx/templates/default.conf.template" in production_commands()
+    assert "docker compose config" in production_commands()
