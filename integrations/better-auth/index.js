@@ -266,7 +266,7 @@ function resolveOptions(options) {
   if (url.search || url.hash) throw new TypeError("taskgate({ url }) is a base URL: no query or fragment");
   const signing = options.signing ?? "auto";
   if (!["auto", "jwks", "hs256"].includes(signing)) throw new TypeError(`taskgate({ signing }): ${signing}`);
-  const retry = options.retry === false ? false : { ...DEFAULTS.retry, ...options.retry };
+  const retry = options.retry === false ? false : { ...DEFAULTS.retry, ...dropUndefined(options.retry ?? {}) };
   const config = {
     url: url.href.replace(/\/+$/, ""),
     timeout: positive(options.timeout ?? DEFAULTS.timeout, "timeout"),

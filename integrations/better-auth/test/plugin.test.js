@@ -442,6 +442,8 @@ test("options are checked when the plugin is made", () => {
   assert.throws(() => taskgate({ url: "http://127.0.0.1", retry: { maxAttempts: -1 } }), /retry.maxAttempts/);
   assert.throws(() => taskgate({ url: "http://127.0.0.1", signing: "rsa" }), /signing/);
   assert.doesNotThrow(() => taskgate({ url: "http://10.0.0.7:8000/" }), "private addresses are fine");
+  assert.doesNotThrow(() => taskgate({ url: "http://127.0.0.1", timeout: undefined, retry: { maxDelay: undefined } }),
+    "an option given as undefined takes its default");
 });
 
 test("signing: \"jwks\" without the jwt() plugin fails at start, not at the first sign-out", async () => {
