@@ -41,7 +41,8 @@ export function taskgate(options) {
   // banUser) waits at most `timeout` in total, not `timeout` per session.
   const deadlines = new WeakMap();
   // user.update.before sees the update, user.update.after the row: together they tell a ban
-  // (banned set to true now) from any later update of an already banned user.
+  // (banned set to true now) from any later update of an already banned user. Outside an
+  // endpoint (no context to pair them by) any update that leaves banned: true counts.
   const banning = new WeakSet();
 
   async function logout(claims, hookContext, why) {
@@ -146,7 +147,8 @@ export function taskgate(options) {
         method: "POST",
         headers: { "content-type": "application/x-www-form-urlencoded", accept: "application/json" },
         body: new URLSearchParams({ logout_token: token }).toString(),
-        redirect: "manual",
+        redirect: "manual", // a redirect is a misconfigured url: refused, not followed
+        cache: "no-store", // Next.js patches fetch with a cache
         signal: AbortSignal.timeout(timeout),
       });
     } catch (error) {
