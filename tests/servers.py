@@ -20,6 +20,26 @@ from tests.services import unavailable
 ROOT = Path(__file__).resolve().parent.parent
 
 
+METRICS_TOKEN = "metrics-token-for-the-tests-0123456789"
+
+
+def production_env(database_url: str, redis_url: str, redis_prefix: str, secret: str) -> dict[str, str]:
+    """What an operator sets: production mode, PostgreSQL, the shared Redis."""
+    return {
+        "APP_ENV": "production",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": redis_prefix,
+        "BETTER_AUTH_SECRET": secret,
+        "BETTER_AUTH_URL": "",
+        "LOG_LEVEL": "WARNING",
+        "METRICS_TOKEN": METRICS_TOKEN,
+        # The limiter stays on (its real Redis path runs), far above what a test sends.
+        "RATE_LIMIT_USER": "1000000/minute",
+        "RATE_LIMIT_AUTH_FAILURES": "1000000/minute",
+    }
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ import pytest
 
 from app import create_app
 from app.services import services
-from tests.interop.issuer import BetterAuthIssuer
+from tests.interop.issuer import PLUGIN_DIR, BetterAuthIssuer, ensure_plugin_dev_installed
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +28,13 @@ def issuers(node_ready) -> Iterator[dict]:
     yield get
     for issuer in started.values():
         issuer.stop()
+
+
+@pytest.fixture(scope="session")
+def plugin_dev_ready(node_ready) -> str:
+    """integrations/better-auth with its dev dependencies (``npm ci`` from its lockfile); its path."""
+    ensure_plugin_dev_installed()
+    return str(PLUGIN_DIR)
 
 
 def new_email() -> str:

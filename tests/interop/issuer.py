@@ -51,11 +51,11 @@ except ImportError:  # pragma: no cover
 
 ISSUER_DIR = Path(__file__).resolve().parent / "issuer"
 SERVER_SCRIPT = ISSUER_DIR / "server.mjs"
-LOCK_FILE = ISSUER_DIR / "package-lock.json"
-NODE_MODULES = ISSUER_DIR / "node_modules"
-# Written after a successful `npm ci`; holds the sha256 of package-lock.json.
-INSTALL_MARKER = NODE_MODULES / ".interop-issuer-installed"
-INSTALL_LOCK = ISSUER_DIR / ".install.lock"
+# The @taskgate/better-auth plugin, a `file:` dependency of the issuer. The issuer's .npmrc
+# (install-links) makes npm copy it into node_modules as a registry install would, so that
+# it resolves better-auth from the issuer's node_modules; an edit to it is a reinstall.
+PLUGIN_DIR = Path(__file__).resolve().parents[2] / "integrations" / "better-auth"
+PLUGIN_FILES = ("package.json", "index.js", "index.d.ts")
 
 ALGORITHMS = ("EdDSA", "ES256", "ES512", "PS256", "RS256")
 MIN_NODE_MAJOR = 20
@@ -100,56 +100,75 @@ def node_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _lock_digest() -> str:
-    return hashlib.sha256(LOCK_FILE.read_bytes()).hexdigest()
+def _digest(directory: Path, extra: Iterable[Path] = ()) -> str:
+    digest = hashlib.sha256((directory / "package-lock.json").read_bytes())
+    for path in extra:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
-def _installed() -> bool:
+def _issuer_digest() -> str:
+    return _digest(ISSUER_DIR, [PLUGIN_DIR / name for name in PLUGIN_FILES])
+
+
+def _installed(marker: Path, digest: str) -> bool:
     try:
-        return INSTALL_MARKER.read_text().strip() == _lock_digest()
+        return marker.read_text().strip() == digest
     except OSError:
         return False
 
 
-def ensure_installed(timeout: float = 900.0) -> None:
-    """Run ``npm ci`` in the issuer directory unless already done for this lockfile.
+def npm_ci(directory: Path, digest_of: Any, timeout: float = 900.0) -> None:
+    """Run ``npm ci`` in ``directory`` unless already done for what ``digest_of()`` hashes.
 
-    "Done" means node_modules carries a marker holding the sha256 of the
-    current package-lock.json (so an edited lockfile triggers a reinstall even
-    when mtimes lie, e.g. after a git checkout).  An exclusive file lock makes
-    concurrent callers (pytest-xdist workers, parallel runs) install once.
+    "Done" means its node_modules carries a marker holding that digest (the lockfile's
+    sha256, plus the files of a copied ``file:`` dependency), so an edit triggers a
+    reinstall even when mtimes lie, e.g. after a git checkout. An exclusive file lock
+    makes concurrent callers (pytest-xdist workers, parallel runs) install once.
     """
-    if _installed():
+    marker = directory / "node_modules" / ".interop-installed"  # written after a successful npm ci
+    if _installed(marker, digest_of()):
         return
     ok, why = node_available()
     if not ok:
-        raise IssuerError(f"cannot install the Better Auth issuer: {why}")
-    with open(INSTALL_LOCK, "a+") as lock_fh:
+        raise IssuerError(f"cannot run npm ci in {directory}: {why}")
+    with open(directory / ".install.lock", "a+") as lock_fh:
         if fcntl is not None:
             fcntl.flock(lock_fh.fileno(), fcntl.LOCK_EX)
         try:
-            if _installed():  # somebody else installed while we waited
+            digest = digest_of()
+            if _installed(marker, digest):  # somebody else installed while we waited
                 return
             npm = shutil.which("npm") or "npm"
             try:
                 proc = subprocess.run(
                     [npm, "ci", "--no-audit", "--no-fund"],
-                    cwd=ISSUER_DIR,
+                    cwd=directory,
                     stdin=subprocess.DEVNULL,
                     capture_output=True,
                     text=True,
                     timeout=timeout,
                 )
             except subprocess.TimeoutExpired as exc:
-                raise IssuerError(f"npm ci timed out after {timeout:.0f}s") from exc
+                raise IssuerError(f"npm ci in {directory} timed out after {timeout:.0f}s") from exc
             if proc.returncode != 0:
                 raise IssuerError(
-                    f"npm ci failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+                    f"npm ci in {directory} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
                 )
-            INSTALL_MARKER.write_text(_lock_digest() + "\n")
+            marker.write_text(digest + "\n")
         finally:
             if fcntl is not None:
                 fcntl.flock(lock_fh.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_installed(timeout: float = 900.0) -> None:
+    """The issuer's pinned better-auth, jose and the repo's taskgate plugin (``npm ci``)."""
+    npm_ci(ISSUER_DIR, _issuer_digest, timeout)
+
+
+def ensure_plugin_dev_installed(timeout: float = 900.0) -> None:
+    """The plugin's own dev dependencies (better-auth, jose, typescript), for its node tests."""
+    npm_ci(PLUGIN_DIR, lambda: _digest(PLUGIN_DIR), timeout)
 
 
 # --------------------------------------------------------------------------
@@ -201,13 +220,26 @@ class BetterAuthIssuer:
         trusted_origins: Iterable[str] = (),
         secret: str | None = None,
         *,
+        jwt_plugin: bool = True,
+        taskgate_url: str | None = None,
+        taskgate_options: dict[str, int] | None = None,
         startup_timeout: float = 30.0,
         http_timeout: float = HTTP_TIMEOUT,
         install: bool = True,
     ) -> None:
+        """``jwt_plugin=False``: a shared-secret deployment (HS256 tokens from ``hs256_token``).
+        ``taskgate_url``: add the repo's @taskgate/better-auth plugin, sending there;
+        ``taskgate_options`` its ``timeout_ms``, ``retry_initial_ms``, ``retry_max_ms``,
+        ``retry_attempts``."""
         if alg not in ALGORITHMS:
             raise ValueError(f"alg must be one of {ALGORITHMS}, not {alg!r}")
         self.alg = alg
+        self.jwt_plugin = jwt_plugin
+        self.taskgate_url = taskgate_url
+        self.taskgate_options = dict(taskgate_options or {})
+        unknown = set(self.taskgate_options) - {"timeout_ms", "retry_initial_ms", "retry_max_ms", "retry_attempts"}
+        if unknown:
+            raise ValueError(f"unknown taskgate_options {sorted(unknown)}")
         self.define_payload = define_payload
         self.trusted_origins = tuple(o.rstrip("/") for o in trusted_origins)
         self.secret = secret or secrets.token_urlsafe(48)
@@ -287,6 +319,9 @@ class BetterAuthIssuer:
                 "JWT_ALG": self.alg,
                 "DEFINE_PAYLOAD": "1" if self.define_payload else "0",
                 "TRUSTED_ORIGINS": ",".join(self.trusted_origins),
+                "JWT_PLUGIN": "1" if self.jwt_plugin else "0",
+                "TASKGATE_URL": self.taskgate_url or "",
+                **{f"TASKGATE_{name.upper()}": str(value) for name, value in self.taskgate_options.items()},
                 "NODE_ENV": "development",
                 "BETTER_AUTH_TELEMETRY": "0",
                 "EXIT_ON_STDIN_EOF": "1",  # dies with us if we die
@@ -490,6 +525,34 @@ class BetterAuthIssuer:
     def rotate_keys(self) -> str:
         """Publish a new signing key (returned kid); the old keys stay in the JWKS."""
         return self._expect(self._request("POST", "/test/rotate-keys", {}), "rotate-keys")["kid"]
+
+    def session_id(self, session: Session) -> str:
+        """The Better Auth session id (what ``definePayload`` puts in ``sid``)."""
+        body, _ = self.get_session(session)
+        return body["session"]["id"]
+
+    def hs256_token(self, session: Session, with_issuer: bool = False) -> str:
+        """What a Next.js route mints with the shared secret; ``with_issuer`` adds iss and aud."""
+        path = "/test/hs256-token" + ("?claims=issuer" if with_issuer else "")
+        return self._expect(self._request("GET", path, cookies=session.cookies), "hs256-token")["token"]
+
+    def sign_out(self, session: Session) -> Any:
+        return self._expect(self._request("POST", "/api/auth/sign-out", {}, cookies=session.cookies), "sign-out")
+
+    def admin_call(self, admin: Session, action: str, body: dict[str, Any]) -> Any:
+        """An admin plugin endpoint, e.g. ``admin_call(a, "ban-user", {"userId": ...})``."""
+        resp = self._request("POST", f"/api/auth/admin/{action}", body, cookies=admin.cookies)
+        return self._expect(resp, f"admin/{action}")
+
+    def taskgate_state(self) -> dict[str, Any]:
+        """The taskgate plugin's ``{signingMode, pending}``."""
+        return self._expect(self._request("GET", "/test/taskgate"), "taskgate state")
+
+    def settle_taskgate(self, timeout: float = 10.0) -> int:
+        """Wait until the plugin's deliveries (retries included) have ended; returns how many are left."""
+        timeout = min(timeout, self.http_timeout - 1)  # the answer must come within the HTTP timeout
+        resp = self._request("POST", "/test/taskgate/settle", {"timeoutMs": int(timeout * 1000)})
+        return self._expect(resp, "taskgate settle")["pending"]
 
 
 # --------------------------------------------------------------------------

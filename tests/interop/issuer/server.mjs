@@ -11,12 +11,20 @@
 //   JWT_ALG              EdDSA (default, Ed25519) | ES256 | ES512 | PS256 | RS256
 //   DEFINE_PAYLOAD=1     token payload = whole user + jti (random UUID) + sid
 //   TRUSTED_ORIGINS      comma-separated extra origins (trustedOrigins + CORS)
+//   JWT_PLUGIN=0         no jwt() plugin: a shared-secret (HS256) deployment
+//   TASKGATE_URL         add the @taskgate/better-auth plugin (installed from the repo's
+//                        integrations/better-auth), sending logout tokens to this taskgate
+//   TASKGATE_TIMEOUT_MS, TASKGATE_RETRY_INITIAL_MS, TASKGATE_RETRY_MAX_MS,
+//   TASKGATE_RETRY_ATTEMPTS   its options (defaults: the plugin's own)
 //
 // Harness-only endpoints (outside /api/auth):
 //   GET  /test/health        200 {"ok":true} once ready
 //   POST /test/make-admin    {"userId": "..."} -> user.role = "admin"
 //   POST /test/rotate-keys   publish a new signing key, keep the old one listed
-//   GET  /test/hs256-token   a Next.js-style route: session -> HS256 token (shared secret)
+//   GET  /test/hs256-token   a Next.js-style route: session -> HS256 token (shared secret);
+//                            ?claims=issuer adds iss and aud (= BETTER_AUTH_URL)
+//   GET  /test/taskgate      the taskgate plugin's state: {signingMode, pending}
+//   POST /test/taskgate/settle  wait (at most {"timeoutMs"}) until its deliveries have ended
 //
 // Logs go to stderr; exactly one line "READY <port>" goes to stdout.
 
@@ -28,6 +36,10 @@ import { toNodeHandler } from "better-auth/node";
 import { admin, jwt } from "better-auth/plugins";
 import { createJwk } from "better-auth/plugins/jwt";
 import { SignJWT } from "jose";
+
+// Only when asked for: the interop tests that do not need it keep working without it.
+const TASKGATE_URL = process.env.TASKGATE_URL || "";
+const { taskgate } = TASKGATE_URL ? await import("@taskgate/better-auth") : {};
 
 const log = (...args) => console.error("[issuer]", ...args);
 
@@ -57,6 +69,7 @@ if (!keyPairConfig) {
   process.exit(2);
 }
 const DEFINE_PAYLOAD = process.env.DEFINE_PAYLOAD === "1";
+const JWT_PLUGIN = process.env.JWT_PLUGIN !== "0";
 const TRUSTED_ORIGINS = (process.env.TRUSTED_ORIGINS || "")
   .split(",")
   .map((s) => s.trim().replace(/\/+$/, ""))
@@ -79,6 +92,24 @@ const jwtOptions = {
     : {}),
 };
 
+const numberFromEnv = (name) => (process.env[name] ? Number(process.env[name]) : undefined);
+const taskgatePlugin = TASKGATE_URL
+  ? taskgate({
+      url: TASKGATE_URL,
+      timeout: numberFromEnv("TASKGATE_TIMEOUT_MS"),
+      retry: {
+        initialDelay: numberFromEnv("TASKGATE_RETRY_INITIAL_MS"),
+        maxDelay: numberFromEnv("TASKGATE_RETRY_MAX_MS"),
+        maxAttempts: numberFromEnv("TASKGATE_RETRY_ATTEMPTS"),
+      },
+      logger: {
+        info: (message) => log(`taskgate info: ${message}`),
+        warn: (message) => log(`taskgate warn: ${message}`),
+        error: (message) => log(`taskgate error: ${message}`),
+      },
+    })
+  : null;
+
 // In-memory database; every model the configured plugins touch must exist.
 const db = { user: [], session: [], account: [], verification: [], jwks: [] };
 
@@ -97,7 +128,7 @@ const auth = betterAuth({
   logger: {
     log: (level, message, ...args) => log(`${level}:`, message, ...args),
   },
-  plugins: [jwt(jwtOptions), admin()],
+  plugins: [...(JWT_PLUGIN ? [jwt(jwtOptions)] : []), admin(), ...(taskgatePlugin ? [taskgatePlugin] : [])],
 });
 
 const authHandler = toNodeHandler(auth);
@@ -153,7 +184,9 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function handleTest(req, res, pathname) {
   if (pathname === "/test/health" && req.method === "GET") {
-    return sendJson(res, 200, { ok: true, alg: JWT_ALG, definePayload: DEFINE_PAYLOAD });
+    return sendJson(res, 200, {
+      ok: true, alg: JWT_PLUGIN ? JWT_ALG : null, definePayload: DEFINE_PAYLOAD, taskgate: TASKGATE_URL || null,
+    });
   }
   if (pathname === "/test/make-admin" && req.method === "POST") {
     const { userId } = await readJson(req);
@@ -185,8 +218,10 @@ async function handleTest(req, res, pathname) {
     const session = await auth.api.getSession({ headers: new Headers(req.headers) });
     if (!session) return sendJson(res, 401, { error: "no session" });
     const { user } = session;
+    const withIssuer = new URL(req.url, BASE_URL).searchParams.get("claims") === "issuer";
     const token = await new SignJWT({
       email: user.email, name: user.name, role: user.role ?? "user", sid: session.session.id, jti: randomUUID(),
+      ...(withIssuer ? { iss: BASE_URL, aud: BASE_URL } : {}),
     })
       .setProtectedHeader({ alg: "HS256" })
       .setSubject(user.id)
@@ -194,6 +229,16 @@ async function handleTest(req, res, pathname) {
       .setExpirationTime("15m")
       .sign(new TextEncoder().encode(process.env.BETTER_AUTH_SECRET));
     return sendJson(res, 200, { token });
+  }
+  if (pathname === "/test/taskgate" && req.method === "GET") {
+    if (!taskgatePlugin) return sendJson(res, 404, { error: "TASKGATE_URL not set" });
+    return sendJson(res, 200, { signingMode: taskgatePlugin.signingMode, pending: taskgatePlugin.pending });
+  }
+  if (pathname === "/test/taskgate/settle" && req.method === "POST") {
+    if (!taskgatePlugin) return sendJson(res, 404, { error: "TASKGATE_URL not set" });
+    const { timeoutMs = 10_000 } = await readJson(req);
+    await Promise.race([taskgatePlugin.settle(), sleep(timeoutMs)]);
+    return sendJson(res, 200, { pending: taskgatePlugin.pending });
   }
   return sendJson(res, 404, { error: "not found" });
 }
