@@ -100,7 +100,7 @@ def register_cors(app: Flask, settings: Settings) -> None:
         always_send=False,
         supports_credentials=False,
         allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-        expose_headers=["Location", "X-Total-Count", "X-Request-ID", "Retry-After"],
+        expose_headers=["Location", "X-Total-Count", "X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy"],
         max_age=600,
     )
 

@@ -18,7 +18,7 @@ from functools import wraps
 from typing import Any
 
 import orjson
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, make_response, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.routing import BaseConverter
 
@@ -158,17 +158,19 @@ def endpoint(
         @wraps(view)
         def wrapper(**kwargs: Any) -> Any:
             # Admission first: an anonymous caller learns nothing from validation.
-            principal = admit(request, services(), spec.auth, rate_limited=spec.rate_limited)
-            if principal is not None:
-                g.user_id = principal.user_id  # for the access log line (app.observability)
-                kwargs["principal"] = principal
+            admission = admit(request, services(), spec.auth, rate_limited=spec.rate_limited)
+            if admission.principal is not None:
+                g.user_id = admission.principal.user_id  # for the access log line (app.observability)
+                kwargs["principal"] = admission.principal
             if spec.path is not None:
                 kwargs["path"] = parse_path(spec.path, {name: kwargs.pop(name) for name in spec.path.model_fields})
             if spec.query is not None:
                 kwargs["query"] = parse_query(spec.query)
             if spec.body is not None:
                 kwargs["body"] = parse_body(spec.body, spec.body_required)
-            return view(**kwargs)
+            response = make_response(view(**kwargs))
+            response.headers.update(admission.headers)
+            return response
 
         wrapper.endpoint_spec = spec  # type: ignore[attr-defined]
         return wrapper

@@ -153,12 +153,13 @@ def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
 def gather_environment(
     overrides: Mapping[str, object] | None, environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """Overrides beat the process environment, which beats `.env` (development only)."""
+    """Overrides beat the process environment, which beats a `.env` file in the working
+    directory, whatever APP_ENV is: the `flask` command reads it too (Flask's own load_dotenv),
+    and the service and its CLI must see the same settings."""
     environ = dict(os.environ if environ is None else environ)
     overrides = {k: str(v) for k, v in (overrides or {}).items() if v is not None}
-    app_env = overrides.get("APP_ENV") or environ.get("APP_ENV") or "development"
     merged: dict[str, str] = {}
-    if app_env == "development" and Path(".env").is_file():
+    if Path(".env").is_file():
         merged.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
     merged.update(environ)
     merged.update(overrides)

@@ -24,9 +24,9 @@ from app.revocation.store import RevocationStore
 
 
 class RateLimited(ApiError):
-    def __init__(self, retry_after: int) -> None:
+    def __init__(self, retry_after: int, headers: dict[str, str]) -> None:
         super().__init__(429, "rate_limited", "Too many requests; slow down and retry later.",
-                         headers={"Retry-After": str(retry_after)})
+                         headers={"Retry-After": str(retry_after), **headers})
 
 
 @dataclass(frozen=True)
@@ -37,16 +37,27 @@ class Window:
     limit: int
     seconds: int
     ends_at: float
+    policy: str  # its name in the RateLimit headers
 
     @property
     def ttl(self) -> int:
         # The window's number is in the key: the expiry only cleans up.
         return self.seconds + 1
 
-    def enforce(self, count: int, now: float | None = None) -> None:
+    def headers(self, count: int, now: float | None = None) -> dict[str, str]:
+        """RateLimit-Policy and RateLimit (IETF httpapi draft, draft-ietf-httpapi-ratelimit-headers):
+        the quota and window, and what is left of it and when it resets."""
+        reset = max(1, math.ceil(self.ends_at - (time.time() if now is None else now)))
+        return {"RateLimit-Policy": f'"{self.policy}";q={self.limit};w={self.seconds}',
+                "RateLimit": f'"{self.policy}";r={max(0, self.limit - count)};t={reset}'}
+
+    def enforce(self, count: int, now: float | None = None) -> dict[str, str]:
+        """The response headers of this count, or a 429 past the limit."""
+        now = time.time() if now is None else now
+        headers = self.headers(count, now)
         if count > self.limit:
-            now = time.time() if now is None else now
-            raise RateLimited(max(1, math.ceil(self.ends_at - now)))
+            raise RateLimited(max(1, math.ceil(self.ends_at - now)), headers)
+        return headers
 
 
 class RateLimits:
@@ -61,21 +72,21 @@ class RateLimits:
         seconds = item.get_expiry()
         number = int((time.time() if now is None else now) // seconds)
         return Window(f"{self.namespace}:{scope}:{item.amount}/{seconds}:{identifier}:{number}", item.amount,
-                      seconds, (number + 1) * seconds)
+                      seconds, (number + 1) * seconds, scope)
 
     def user_window(self, user_id: str, now: float | None = None) -> Window:
         """In the user's revocation bucket: the revocation check counts it (app.revocation.keys)."""
         seconds = self.user.get_expiry()
         number = int((time.time() if now is None else now) // seconds)
         return Window(self.store.keys.user_counter(user_id, f"{self.user.amount}/{seconds}:{number}"),
-                      self.user.amount, seconds, (number + 1) * seconds)
+                      self.user.amount, seconds, (number + 1) * seconds, "user")
 
-    def hit(self, window: Window) -> None:
-        """Count one request on its own, and refuse it past the limit."""
-        window.enforce(self.store.count(window.key, window.ttl))
+    def hit(self, window: Window) -> dict[str, str]:
+        """Count one request on its own, and refuse it past the limit; its RateLimit headers."""
+        return window.enforce(self.store.count(window.key, window.ttl))
 
-    def anonymous_request(self, address: str | None) -> None:
-        self.hit(self.window(self.ip, "ip", address or "unknown"))
+    def anonymous_request(self, address: str | None) -> dict[str, str]:
+        return self.hit(self.window(self.ip, "ip", address or "unknown"))
 
     def authentication_failed(self, address: str | None) -> None:
         """Counted when it happens (a valid request pays nothing for it): past the limit, an

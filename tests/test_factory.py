@@ -84,3 +84,14 @@ def test_development_generates_and_keeps_a_throwaway_secret(tmp_path, monkeypatc
 def test_cors_origins_are_normalised(tmp_path):
     app = create_app(base_config(tmp_path, CORS_ORIGINS="https://App.Example.com/, http://127.0.0.1:3000"))
     assert services(app).settings.cors_origins == ("https://app.example.com", "http://127.0.0.1:3000")
+
+
+def test_a_dotenv_file_is_read_in_every_environment_and_the_real_environment_wins(tmp_path, monkeypatch):
+    # As the flask command does (Flask's load_dotenv): the service and its CLI see the same settings.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("CORS_ORIGINS=https://from-dotenv.example\nJWT_LEEWAY_SECONDS=7\n")
+    monkeypatch.setenv("JWT_LEEWAY_SECONDS", "9")
+    settings = services(create_app({**PRODUCTION, "RATE_LIMITS_ENABLED": "0"})).settings
+    assert settings.is_production
+    assert settings.cors_origins == ("https://from-dotenv.example",)
+    assert settings.leeway_seconds == 9

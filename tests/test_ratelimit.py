@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.conftest import bearer
@@ -67,3 +69,24 @@ def test_a_bad_limit_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="RATE_LIMIT_USER"):
         create_app({"APP_ENV": "testing", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
                     "RATE_LIMIT_USER": "lots"})
+
+
+def test_rate_limit_headers_say_the_quota_and_what_is_left(client, as_user):
+    headers = as_user("carol")
+    first = client.get("/api/v1/tasks", headers=headers)
+    assert first.headers["RateLimit-Policy"] == '"user";q=5;w=60'
+    remaining, reset = re.fullmatch(r'"user";r=(\d+);t=(\d+)', first.headers["RateLimit"]).groups()
+    assert int(remaining) == 4 and 1 <= int(reset) <= 60
+    for _ in range(4):
+        client.get("/api/v1/tasks", headers=headers)
+    limited = client.get("/api/v1/tasks", headers=headers)
+    assert_limited(limited)
+    assert limited.headers["RateLimit"].startswith('"user";r=0;t=')
+    assert limited.headers["RateLimit-Policy"] == '"user";q=5;w=60'
+
+
+def test_anonymous_endpoints_carry_their_ip_policy(client):
+    response = client.get("/readyz")
+    assert response.headers["RateLimit-Policy"] == '"ip";q=3;w=60'
+    assert response.headers["RateLimit"].startswith('"ip";r=2;t=')
+    assert "RateLimit" not in client.get("/healthz").headers

@@ -11,13 +11,14 @@ order, top to bottom:
    b. the principal from the verified-token cache, or a full verification (app.security.tokens);
    c. one store check that answers "revoked?" and, for a token that is not, counts it
       against its user's rate limit (app.revocation.store);
-   d. the principal, returned.
+   d. the principal and the RateLimit headers of its count, returned.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass, field
 
 from flask import Request
 
@@ -49,7 +50,16 @@ def bearer_token(header: str | None) -> str:
     return parts[1]
 
 
-def authenticate(request: Request, found: Services, *, counted: bool = True) -> Principal:
+@dataclass(frozen=True)
+class Admission:
+    """Who was let in (None: an anonymous endpoint), and the RateLimit headers of the limit
+    the request counted against."""
+
+    principal: Principal | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def authenticate(request: Request, found: Services, *, counted: bool = True) -> Admission:
     """The principal of the request's bearer token, or a 401 (or 429, 503) ApiError.
     `counted`: the request counts against its user's rate limit (logout does not)."""
     token = bearer_token(request.headers.get("Authorization"))
@@ -67,26 +77,25 @@ def authenticate(request: Request, found: Services, *, counted: bool = True) -> 
     verdict = found.store.check(principal, window)
     if verdict.revoked:
         raise TokenRejected("The token has been revoked.", "token_revoked")
-    if window is not None:
-        window.enforce(verdict.count)
-    return principal
+    headers = window.enforce(verdict.count) if window is not None else {}
+    return Admission(principal, headers)
 
 
-def admit(request: Request, found: Services, auth: str | None, *, rate_limited: bool = True) -> Principal | None:
-    """The endpoint's caller: None for an anonymous endpoint, else an authenticated principal
-    (an admin one when `auth` is "admin"). `rate_limited`: anonymous endpoints count against
+def admit(request: Request, found: Services, auth: str | None, *, rate_limited: bool = True) -> Admission:
+    """The endpoint's caller: no principal for an anonymous endpoint, else an authenticated
+    one (an admin when `auth` is "admin"). `rate_limited`: anonymous endpoints count against
     the IP's limit, authenticated ones against the user's (False: health checks, logout)."""
     limits = found.rate_limits
     if auth is None:
         if rate_limited and limits is not None:
-            limits.anonymous_request(request.remote_addr)
-        return None
+            return Admission(None, limits.anonymous_request(request.remote_addr))
+        return Admission(None)
     try:
-        principal = authenticate(request, found, counted=rate_limited)
+        admission = authenticate(request, found, counted=rate_limited)
     except ApiError as error:
         if error.status == 401 and limits is not None:
             limits.authentication_failed(request.remote_addr)
         raise
     if auth == "admin":
-        require_admin(principal)
-    return principal
+        require_admin(admission.principal)
+    return admission

@@ -262,3 +262,16 @@ def test_a_page_from_an_origin_not_in_cors_origins_cannot_use_taskgate(
     allowed = preflight(frontend.origin, "POST")
     assert allowed.headers.get("Access-Control-Allow-Origin") == frontend.origin
     assert "Access-Control-Allow-Credentials" not in allowed.headers
+
+
+def test_the_interactive_docs_render_the_openapi_document_from_the_service_itself(page, taskgate):
+    requested = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(f"{taskgate.url}/docs/")
+    page.wait_for_selector(".opblock-summary-path", timeout=TIMEOUT_MS)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/api/v1/tasks" in path for path in paths), paths
+    assert any("/api/v1/auth/backchannel-logout" in path for path in paths), paths
+    assert "taskgate" in page.inner_text(".info .title")
+    assert all(url.startswith(taskgate.url) for url in requested), requested  # no CDN
+    assert not [line for line in page.console_lines if "Content Security Policy" in line], page.console_lines
