@@ -123,9 +123,7 @@ backlog = _env_int("GUNICORN_BACKLOG", 2048, minimum=1)
 # One listening socket per worker (gunicorn binds them in each worker when reuse_port is
 # set), and the kernel spreads new connections evenly across them. With one shared socket,
 # whichever worker wakes first accepts, and keep-alive connections pile up on a few
-# workers: at 1000 req/s one worker ran at 64-76% CPU while another idled at 8-15%, and the
-# p95 reached 0.4-1.7 s; with a socket per worker they ran at 30-38% each and the p95 was
-# 11-42 ms (bench/RESULTS.md). The price: connections still waiting in the accept queue of
+# workers, which then queue while the others idle (bench/RESULTS.md has the figures). The price: connections still waiting in the accept queue of
 # a worker that exits (HUP reload, crash, timeout) are reset, unless the kernel hands them
 # to another worker (net.ipv4.tcp_migrate_req=1, Linux 5.14+; docker-compose.yml sets it).
 # (A unix socket path, port 0 or systemd's socket activation: one shared socket, unless
@@ -144,10 +142,8 @@ worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread") or "gthread"
 # Two per CPU, two threads each: one gthread worker is one GIL-bound process, and while
 # its threads wait on PostgreSQL and Redis it cannot keep a core busy, so one per CPU is
 # too few; past that, every extra process and thread is more switching between them on
-# the same cores. Measured with bench/run.py on 2 cores and 1000 connections
-# (bench/RESULTS.md): 4 workers served more mixed load than 6x4 (the previous default) in
-# every sweep; in three full runs each, 4x2 did better than 4x3 at the median and at the
-# worst (mixed 41.9% vs 41.6%, /me 78.3% vs 74.7%, 1000 req/s p95 57 ms vs 450 ms).
+# the same cores. The worker sweeps and full runs behind these defaults are in
+# bench/RESULTS.md.
 # WEB_CONCURRENCY is what hosting platforms (Heroku, Render, ...) set for the worker count.
 workers = _env_int("GUNICORN_WORKERS", _env_int("WEB_CONCURRENCY", max(2, 2 * _cpus_available()), minimum=1),
                    minimum=1)
@@ -159,9 +155,8 @@ timeout = _env_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 25)
 
 # Off by default: recycling a gthread worker stalls its share of the keep-alive
-# connections for seconds and leaves the others on one worker (bench/RESULTS.md: p95 at
-# 300 req/s went from 3.0 s to 604 ms without it), and RSS stays flat (~105 MB per
-# worker over the runs). Set it if a leak ever shows; the jitter then spreads restarts.
+# connections for seconds and leaves the others on one worker, and memory stays flat
+# (bench/RESULTS.md). Set it if a leak ever shows; the jitter then spreads restarts.
 max_requests = _env_int("GUNICORN_MAX_REQUESTS", 0)
 max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 1000)
 
