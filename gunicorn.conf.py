@@ -124,9 +124,10 @@ backlog = _env_int("GUNICORN_BACKLOG", 2048, minimum=1)
 # set), and the kernel spreads new connections evenly across them. With one shared socket,
 # whichever worker wakes first accepts, and keep-alive connections pile up on a few
 # workers, which then queue while the others idle (bench/RESULTS.md has the figures). The
-# price: connections still waiting in the accept queue of a worker that exits (HUP reload, crash, timeout) are reset, unless the kernel hands them
-# to another worker (net.ipv4.tcp_migrate_req=1, Linux 5.14+; docker-compose.yml sets it).
-# (A unix socket path, port 0 or systemd's socket activation: one shared socket, unless
+# price: connections still waiting in the accept queue of a worker that exits (HUP reload,
+# crash, timeout) are reset, unless the kernel hands them to another worker
+# (net.ipv4.tcp_migrate_req=1, Linux 5.14+; docker-compose.yml sets it). (A unix socket
+# path, port 0 or systemd's socket activation: one shared socket, unless
 # GUNICORN_REUSE_PORT=1 asks otherwise, which then fails the start; see on_starting.)
 reuse_port = _env_bool("GUNICORN_REUSE_PORT", True)
 
