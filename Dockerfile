@@ -1,4 +1,4 @@
-# taskgate: Flask service served by gunicorn (gthread).
+# taskgate: Flask service served by gunicorn (gthread), or granian with SERVER=granian.
 #
 #   DOCKER_BUILDKIT=1 docker build -t taskgate .
 #   docker run --env-file .env -p 8000:8000 --read-only --tmpfs /tmp taskgate
@@ -94,5 +94,6 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=90s --retries=3 \
 # Each gunicorn worker listens on its own socket (GUNICORN_REUSE_PORT); run the
 # container with --sysctl net.ipv4.tcp_migrate_req=1 so a worker that exits hands
 # its queued connections to the others (docker-compose.yml sets it).
+# serve.py execs gunicorn (the default), or runs granian with SERVER=granian.
 ENTRYPOINT ["/app/docker/entrypoint.sh"]
-CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+CMD ["python", "serve.py"]

@@ -543,19 +543,23 @@ class Backend:
 
 
 class Server:
-    """gunicorn -c gunicorn.conf.py wsgi:app, as production starts it."""
+    """`python serve.py` with SERVER=gunicorn (gunicorn -c gunicorn.conf.py wsgi:app, as
+    production starts it) or SERVER=granian (the supported alternative)."""
 
-    def __init__(self, backend: Backend, extra_env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, backend: Backend, extra_env: dict[str, str], log_path: Path, kind: str = "gunicorn") -> None:
         self.backend = backend
+        self.kind = kind
         self.port = free_port()
-        self.env = backend.service_env(self.port, extra_env)
+        self.env = {**backend.service_env(self.port, extra_env), "SERVER": kind}
         self.extra_env = extra_env
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.known_workers: set[int] = set()
 
     def start(self) -> None:
-        cmd = [venv_tool("gunicorn", self.backend.args.venv), "-c", "gunicorn.conf.py", "wsgi:app"]
+        cmd = [venv_tool("python", self.backend.args.venv), "serve.py"]
+        if not (Path(self.backend.args.app_root) / "serve.py").exists() and self.kind == "gunicorn":
+            cmd = [venv_tool("gunicorn", self.backend.args.venv), "-c", "gunicorn.conf.py", "wsgi:app"]  # older code
         self.log_fh = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.backend.args.app_root, env=self.env, stdout=self.log_fh,
                                      stderr=subprocess.STDOUT,
@@ -565,7 +569,7 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.log_fh.flush()
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}; see {self.log_path}:\n"
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}; see {self.log_path}:\n"
                                    + self.log_path.read_text()[-2000:])
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
@@ -576,7 +580,7 @@ class Server:
             except Exception:  # noqa: BLE001 - not up yet
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"gunicorn did not become ready in 60 s; see {self.log_path}")
+        raise RuntimeError(f"{self.kind} did not become ready in 60 s; see {self.log_path}")
 
     def settle(self, limit: float = 10.0) -> dict:
         """Before a run: wait until the previous run's leftovers are gone. An overloaded gthread
@@ -602,7 +606,7 @@ class Server:
                     log(f"server settled after {waited:g}s (the previous run left work behind)")
                 return {"waited_s": waited, "restarted": False}
             if waited > limit:
-                log(f"server still busy {waited:g}s after the previous run: restarting gunicorn")
+                log(f"server still busy {waited:g}s after the previous run: restarting {self.kind}")
                 self.stop(quick=True)
                 self.port = free_port()
                 self.env["GUNICORN_BIND"] = f"127.0.0.1:{self.port}"
@@ -619,13 +623,13 @@ class Server:
             return
         self.workers()
         if self.proc.poll() is None:
-            # SIGTERM: graceful (gunicorn waits up to graceful_timeout for requests in flight);
-            # SIGQUIT: gunicorn's quick shutdown.
-            self.proc.send_signal(signal.SIGQUIT if quick else signal.SIGTERM)
+            # SIGTERM: graceful (the server waits up to its graceful timeout for requests in
+            # flight); SIGQUIT: gunicorn's quick shutdown (granian has none: SIGTERM).
+            self.proc.send_signal(signal.SIGQUIT if quick and self.kind == "gunicorn" else signal.SIGTERM)
             try:
                 self.proc.wait(10 if quick else 35)
             except subprocess.TimeoutExpired:
-                log("gunicorn did not stop in time; killing its master and workers by PID")
+                log(f"{self.kind} did not stop in time; killing its master and workers by PID")
                 # Only processes that are still this master's children: a recycled worker's PID
                 # may belong to someone else by now.
                 for pid in [*children_of(self.proc.pid), self.proc.pid]:
@@ -637,10 +641,14 @@ class Server:
         compress(self.log_path)
 
     def settings(self) -> dict:
-        """The effective gunicorn settings (defaults of gunicorn.conf.py unless overridden)."""
-        code = ("import json, runpy; ns = runpy.run_path('gunicorn.conf.py'); print(json.dumps({k: ns.get(k) "
-                "for k in ('worker_class', 'workers', 'threads', 'worker_connections', 'keepalive', "
-                "'max_requests', 'max_requests_jitter', 'backlog', 'timeout', 'reuse_port')}))")
+        """The effective server settings (gunicorn: gunicorn.conf.py's, unless overridden)."""
+        if self.kind == "granian":
+            code = ("import json, serve; print(json.dumps({'worker_class': 'granian wsgi', "
+                    "**serve.granian_settings()}))")
+        else:
+            code = ("import json, runpy; ns = runpy.run_path('gunicorn.conf.py'); print(json.dumps({k: ns.get(k) "
+                    "for k in ('worker_class', 'workers', 'threads', 'worker_connections', 'keepalive', "
+                    "'max_requests', 'max_requests_jitter', 'backlog', 'timeout', 'reuse_port')}))")
         out = subprocess.run([venv_tool("python", self.backend.args.venv), "-c", code], cwd=self.backend.args.app_root,
                              env=self.env,
                              capture_output=True, text=True, timeout=30)
@@ -656,7 +664,7 @@ class Server:
 def run_load(server: Server, args, run_dir: Path, name: str, mode: str, workload: str, rate: float | None,
              duration: float, warmup: float, offset: int, wait: bool = True) -> dict:
     settled = server.settle()  # first: a restart would change the port
-    out = run_dir / f"{server.backend.kind}-{name}.json"
+    out = run_dir / f"{server.backend.kind}-{server.kind}-{name}.json"
     cmd = [str(LOADGEN_BIN), "--port", str(server.port), "--tokens", str(server.backend.tokens_file),
            "--out", str(out), "--connections", str(args.connections), "--mode", mode,
            "--duration", str(duration), "--warmup", str(warmup), "--timeout", str(args.timeout),
@@ -824,11 +832,16 @@ def evaluate_targets(backend_result: dict, args) -> list[dict]:
 def print_backend(result: dict, args) -> None:
     print()
     print(f"=== {result['label']}")
-    g = result["gunicorn"]
-    print(f"    gunicorn -c gunicorn.conf.py wsgi:app: {g.get('worker_class')} workers={g.get('workers')} "
-          f"threads={g.get('threads')} worker_connections={g.get('worker_connections')} "
-          f"keepalive={g.get('keepalive')} max_requests={g.get('max_requests')} reuse_port={g.get('reuse_port')}"
-          + (f"  [env overrides: {result['extra_env']}]" if result.get("extra_env") else ""))
+    g = result.get("settings") or result.get("gunicorn") or {}  # "gunicorn": reports before granian
+    if result.get("server", "gunicorn") == "gunicorn":
+        shape = (f"gunicorn -c gunicorn.conf.py wsgi:app: {g.get('worker_class')} workers={g.get('workers')} "
+                 f"threads={g.get('threads')} worker_connections={g.get('worker_connections')} "
+                 f"keepalive={g.get('keepalive')} max_requests={g.get('max_requests')} "
+                 f"reuse_port={g.get('reuse_port')}")
+    else:
+        shape = (f"SERVER=granian python serve.py: {g.get('worker_class')} workers={g.get('workers')} "
+                 f"blocking threads={g.get('threads')} backpressure={g.get('backpressure')}")
+    print(f"    {shape}" + (f"  [env overrides: {result['extra_env']}]" if result.get("extra_env") else ""))
     if result.get("python_loop_us"):
         print(f"    machine speed: a fixed Python loop took {result['python_loop_us']} µs (lower is faster; "
               "for comparing runs of different days)")
@@ -870,7 +883,8 @@ def plot(report: dict, png: Path) -> str | None:
         log("matplotlib not installed: plot skipped (it is in requirements-dev.txt; or set BENCH_PLOT_PYTHON)")
         return None
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
-    colors = {"postgresql": "tab:blue", "sqlite": "tab:orange"}
+    colors = {"postgresql": "tab:blue", "sqlite": "tab:orange", "postgresql/granian": "tab:green",
+              "sqlite/granian": "tab:red"}
     for ax, pct in zip(axes, ("p95", "p99"), strict=True):
         for backend in report["backends"]:
             open_runs = [r for r in backend["runs"] if r["mode"] == "open"]
@@ -881,8 +895,9 @@ def plot(report: dict, png: Path) -> str | None:
                 xs = [p[0] for p in points]
                 cap = report["config"]["timeout_s"] * 1000
                 ys = [cap if p[1] is None else p[1] for p in points]
-                ax.plot(xs, ys, style, color=colors.get(backend["backend"]),
-                        label=f"{backend['backend']} {workload}")
+                who = f"{backend['backend']}/{backend.get('server', 'gunicorn')}"
+                ax.plot(xs, ys, style, color=colors.get(who, colors.get(backend["backend"])),
+                        label=f"{who} {workload}")
         ax.axhline(50 if pct == "p95" else 100, color="red", linestyle="--", linewidth=1,
                    label=f"target {50 if pct == 'p95' else 100} ms")
         ax.set_yscale("log")
@@ -902,17 +917,27 @@ def plot(report: dict, png: Path) -> str | None:
 # --------------------------------------------------------------------------- modes
 
 
-def run_backend(kind: str, args, run_dir: Path) -> dict:
+def run_backend(kind: str, args, run_dir: Path) -> list[dict]:
+    """The whole plan on each server in turn, against one seeded database."""
     backend = Backend(kind, args, run_dir)
-    server = None
     try:
         backend.create()
-        speed = python_speed_us()  # before the server starts: the machine is quiet
+        speed = python_speed_us()  # before a server starts: the machine is quiet
+        return [run_server(backend, server_kind, args, run_dir, speed) for server_kind in args.servers]
+    finally:
+        backend.cleanup()
+
+
+def run_server(backend: Backend, server_kind: str, args, run_dir: Path, speed: float | None) -> dict:
+    kind = backend.kind
+    server = None
+    try:
         extra = dict(args.extra_env)
-        server = Server(backend, extra, run_dir / f"gunicorn-{kind}.log")
+        server = Server(backend, extra, run_dir / f"{server_kind}-{kind}.log", server_kind)
         gconf = server.settings()
         server.start()
-        log(f"{kind}: gunicorn up on 127.0.0.1:{server.port}, workers {server.workers()}")
+        kind = f"{kind}/{server_kind}"
+        log(f"{kind}: {server_kind} up on 127.0.0.1:{server.port}, workers {server.workers()}")
         runs = []
         # Each workload between two /healthz runs: its capacity ratio is against their mean.
         plan = [("closed-healthz", "closed", "healthz", None), ("closed-mixed", "closed", "mixed", None),
@@ -930,15 +955,14 @@ def run_backend(kind: str, args, run_dir: Path) -> dict:
                 f"p99 {fmt_ms(s['p99'])} ms, errors {s['errors']} {s['statuses']}")
             runs.append(run)
             time.sleep(1)
-        result = {"backend": kind, "label": backend.label(), "app_env": backend.app_env, "gunicorn": gconf,
-                  "extra_env": extra, "seed": backend.seed_info, "runs": runs,
-                  "rate_limits": args.rate_limits, "python_loop_us": speed}
+        result = {"backend": backend.kind, "server": server_kind, "label": f"{backend.label()}, {server_kind}",
+                  "app_env": backend.app_env, "settings": gconf, "extra_env": extra, "seed": backend.seed_info,
+                  "runs": runs, "rate_limits": args.rate_limits, "python_loop_us": speed}
         result["targets"] = evaluate_targets(result, args)
         return result
     finally:
         if server:
             server.stop()
-        backend.cleanup()
 
 
 def run_sweep(args, run_dir: Path) -> dict:
@@ -1165,6 +1189,8 @@ def main() -> None:
                              "production: the service's defaults; off: RATE_LIMITS_ENABLED=false")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra service environment, e.g. GUNICORN_WORKERS=3 (repeatable)")
+    parser.add_argument("--servers", default="gunicorn,granian",
+                        help="the servers to measure in turn, on the same database (default: both)")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv", help="the venv with gunicorn and flask")
     parser.add_argument("--source", default="worktree",
                         help="what to run: 'worktree' (the files in this checkout, default) or a git revision "
@@ -1195,6 +1221,9 @@ def main() -> None:
             args.rates = "500,1000"
     args.rates = [float(r) for r in str(args.rates).split(",") if r.strip()]
     args.extra_env = dict(item.split("=", 1) for item in args.env)
+    args.servers = [name.strip() for name in args.servers.split(",") if name.strip()]
+    if not set(args.servers) <= {"gunicorn", "granian"}:
+        parser.error("--servers: gunicorn and/or granian")
     if args.users < args.connections:
         log(f"warning: {args.users} users < {args.connections} connections: some connections share a user")
 
@@ -1238,12 +1267,12 @@ def run_modes(args, report: dict, kinds: list[str], run_dir: Path, json_path: Pa
         report["sweep"] = run_sweep(args, run_dir)
         json_path = RESULTS / f"{report['timestamp']}-sweep.json"
     else:
-        per_backend = 5 + 2 * len(args.rates)
+        per_backend = (5 + 2 * len(args.rates)) * len(args.servers)
         log(f"plan: {len(kinds)} backend(s) x {per_backend} runs of {args.warmup:g}+{args.duration:g}s "
             f"(about {len(kinds) * (per_backend * (args.warmup + args.duration + 6) + 20) / 60:.1f} min; "
             f"overloaded runs drain for up to --timeout {args.timeout:g}s)")
         for kind in kinds:
-            report["backends"].append(run_backend(kind, args, run_dir))
+            report["backends"].extend(run_backend(kind, args, run_dir))
             json_path.write_text(json.dumps(report, indent=1))
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     report["waited_for_quiet_s"] = round(WAITED[0], 1)

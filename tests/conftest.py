@@ -54,6 +54,16 @@ def postgres_url() -> Iterator[str]:
     drop()
 
 
+def emptied(url: str) -> str:
+    """The session's PostgreSQL database with every table emptied: each test starts from none."""
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        tables = [t for t in sa.inspect(connection).get_table_names() if t != "alembic_version"]
+        connection.execute(sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY"))
+    engine.dispose()
+    return url
+
+
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
     """Overridden with `@pytest.mark.parametrize("backend", [...], indirect=True)`."""
@@ -63,13 +73,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def database_url(backend: str, request: pytest.FixtureRequest, tmp_path) -> str:
     if backend == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-        engine = sa.create_engine(url)
-        with engine.begin() as connection:
-            tables = [t for t in sa.inspect(connection).get_table_names() if t != "alembic_version"]
-            connection.execute(sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY"))
-        engine.dispose()
-        return url
+        return emptied(request.getfixturevalue("postgres_url"))
     path = tmp_path / "taskgate.db"
     shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
     return f"sqlite:///{path}"

@@ -1,5 +1,5 @@
 """Processes the integration tests start themselves, on loopback, and stop by PID:
-gunicorn running the app exactly as production does, and a private redis-server."""
+the app served exactly as production serves it (gunicorn or granian), and a private redis-server."""
 
 from __future__ import annotations
 
@@ -58,27 +58,31 @@ def wait_until(check, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} did not come up within {timeout} s")
 
 
-class Gunicorn:
-    """`gunicorn -c gunicorn.conf.py wsgi:app` on a spare loopback port."""
+SERVERS = ("gunicorn", "granian")  # what serve.py can start: the integration tests run under each
 
-    def __init__(self, env: dict[str, str], workers: int = 2) -> None:
+
+class AppServer:
+    """The app on a spare loopback port, started as production starts it: `python serve.py`,
+    which runs gunicorn (`gunicorn -c gunicorn.conf.py wsgi:app`) or, with SERVER=granian, granian."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2, server: str = "gunicorn") -> None:
+        self.server = server
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "GUNICORN_BIND": f"127.0.0.1:{self.port}",
+        self.env = {**os.environ, **env, "SERVER": server, "GUNICORN_BIND": f"127.0.0.1:{self.port}",
                     "GUNICORN_WORKERS": str(workers), "PYTHONUNBUFFERED": "1"}
-        self.log = tempfile.NamedTemporaryFile(prefix="gunicorn-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{server}-", suffix=".log", delete=False)
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> Gunicorn:
-        gunicorn = Path(sys.executable).parent / "gunicorn"
-        self.process = subprocess.Popen([str(gunicorn), "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
-                                        env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+    def __enter__(self) -> AppServer:
+        self.process = subprocess.Popen([sys.executable, "serve.py"], cwd=ROOT, env=self.env, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
         try:
             wait_until(lambda: requests.get(f"{self.url}/healthz", timeout=1).status_code == 200, 30,
-                       "gunicorn")
+                       self.server)
         except TimeoutError:
             self.__exit__()
-            raise RuntimeError(f"gunicorn failed to start:\n{self.output()}") from None
+            raise RuntimeError(f"{self.server} failed to start:\n{self.output()}") from None
         return self
 
     def output(self) -> str:
@@ -92,6 +96,23 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class Gunicorn(AppServer):
+    """For what only gunicorn does (its own logs, a socket per worker)."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2) -> None:
+        super().__init__(env, workers, "gunicorn")
+
+
+def send_slowly_started_post(url: str, token: str, body: bytes) -> socket.socket:
+    """A POST whose headers and first half of the body are sent, the rest held back."""
+    host, port = url.removeprefix("http://").split(":")
+    client = socket.create_connection((host, int(port)), timeout=30)
+    client.sendall(b"POST /api/v1/tasks HTTP/1.1\r\nHost: taskgate\r\nContent-Type: application/json\r\n"
+                   + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                   + body[: len(body) // 2])
+    return client
 
 
 class RedisServer:

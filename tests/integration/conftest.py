@@ -1,13 +1,14 @@
-"""Fixtures for tests against real services: PostgreSQL, Redis, gunicorn."""
+"""Fixtures for tests against real services: PostgreSQL, Redis, the app under each server."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests import servers
-from tests.conftest import SECRET
+from tests.conftest import SECRET, emptied
 from tests.servers import METRICS_TOKEN  # noqa: F401 - the tests read it from here
 from tests.services import redis_key_prefix, require_redis
 
@@ -21,4 +22,10 @@ def redis_prefix() -> Iterator[str]:
 @pytest.fixture
 def production_env(postgres_url: str, redis_prefix: str) -> dict[str, str]:
     """What an operator sets: production mode, PostgreSQL, the shared Redis."""
-    return servers.production_env(postgres_url, require_redis(), redis_prefix, SECRET)
+    return servers.production_env(emptied(postgres_url), require_redis(), redis_prefix, SECRET)
+
+
+@pytest.fixture(params=servers.SERVERS)
+def app_server(request: pytest.FixtureRequest) -> Callable[..., servers.AppServer]:
+    """AppServer(env, workers) under each supported server in turn: a test using it runs once per server."""
+    return functools.partial(servers.AppServer, server=request.param)

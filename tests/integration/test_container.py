@@ -10,7 +10,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SECRET, bearer
 from tests.containers import Dockerd, build_image, ensure_base_image, image_size
-from tests.servers import ROOT, free_port, wait_until
+from tests.servers import ROOT, free_port, send_slowly_started_post, wait_until
 from tests.services import create_postgres_database, redis_key_prefix, require_redis
 
 pytestmark = pytest.mark.integration
@@ -195,16 +194,6 @@ def test_the_output_is_json_lines_without_a_secret(app_container):
     assert SECRET not in output and app_container.env["METRICS_TOKEN"] not in output
 
 
-def send_slowly_started_post(url: str, token: str, body: bytes) -> socket.socket:
-    """A POST whose headers and first half of the body are sent, the rest held back."""
-    host, port = url.removeprefix("http://").split(":")
-    client = socket.create_connection((host, int(port)), timeout=30)
-    client.sendall(b"POST /api/v1/tasks HTTP/1.1\r\nHost: taskgate\r\nContent-Type: application/json\r\n"
-                   + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                   + body[: len(body) // 2])
-    return client
-
-
 def test_sigterm_drains_the_request_in_flight_then_exits_0(dockerd, image, container_env, make_token):
     container = start(dockerd, image, container_env)
     try:
@@ -230,6 +219,32 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(dockerd, image, conta
     engine.dispose()
     assert stored == 1
     assert any(json.loads(line)["message"] == "Handling signal: term" for line in logs.splitlines() if line)
+
+
+def test_the_image_serves_under_granian_with_server_granian(dockerd, image, container_env, make_token):
+    container = start(dockerd, image, {**container_env, "SERVER": "granian"})
+    try:
+        headers = bearer(make_token(f"granian-{uuid.uuid4().hex[:8]}"))
+        created = requests.post(f"{container.url}/api/v1/tasks", json={"title": "under granian"}, headers=headers,
+                                timeout=5)
+        assert created.status_code == 201, created.text
+        assert requests.post(f"{container.url}/api/v1/auth/logout", headers=headers, timeout=5).status_code == 204
+        assert requests.get(f"{container.url}/api/v1/tasks", headers=headers, timeout=5).status_code == 401
+        token = container.env["METRICS_TOKEN"]
+        assert metric(container.url, token, "taskgate_http_requests_total",
+                      {"method": "POST", "route": "/api/v1/tasks", "status": "201"}) >= 1
+        rows = [row.split(None, 2)[1:] for row in
+                dockerd.docker("top", container.id, "-eo", "pid,uid,args").stdout.splitlines()[1:]]
+        assert {uid for uid, _ in rows} == {"10001"}
+        dockerd.docker("kill", "--signal", "TERM", container.id)
+        exit_code = dockerd.docker("wait", container.id, timeout=40).stdout.strip()
+        logs = container.logs()
+    finally:
+        dockerd.docker("rm", "--force", container.id, check=False)
+    assert exit_code == "0", logs[-3000:]
+    entries = [json.loads(line) for line in logs.splitlines() if line.strip()]  # one format, every line
+    assert any(entry["logger"].startswith("_granian") for entry in entries)
+    assert any(entry["logger"] == "taskgate.access" for entry in entries)
 
 
 def proxy_ca_lines(dockerd: Dockerd, image: str) -> list[str]:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.conftest import bearer
-from tests.servers import Gunicorn, RedisServer, TcpProxy
+from tests.servers import AppServer, RedisServer, TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +26,12 @@ def status(response: requests.Response) -> int | str:
     return 200 if response.status_code == 200 else response.json().get("code", response.status_code)
 
 
-def test_postgresql_unreachable_is_a_503_and_the_service_recovers(production_env, make_token):
+def test_postgresql_unreachable_is_a_503_and_the_service_recovers(production_env, make_token, app_server):
     url = make_url(production_env["DATABASE_URL"])
     proxy = TcpProxy(url.port or 5432).start()
     env = {**production_env, "DATABASE_URL": url.set(host="127.0.0.1", port=proxy.port).render_as_string(False)}
     headers = bearer(make_token("pg-outage"))
-    with Gunicorn(env, workers=1) as server:
+    with app_server(env, workers=1) as server:
         assert requests.post(f"{server.url}/api/v1/tasks", json={"title": "kept"}, headers=headers,
                              timeout=10).status_code == 201
         proxy.stop()
@@ -48,9 +48,9 @@ def test_postgresql_unreachable_is_a_503_and_the_service_recovers(production_env
     proxy.stop()
 
 
-def test_redis_stopped_under_load_then_restarted_empty(production_env, make_token):
+def test_redis_stopped_under_load_then_restarted_empty(production_env, make_token, app_server):
     good, revoked = make_token("load-user"), make_token("load-user")
-    with RedisServer() as private_redis, Gunicorn({**production_env, "REDIS_URL": private_redis.url}) as server:
+    with RedisServer() as private_redis, app_server({**production_env, "REDIS_URL": private_redis.url}) as server:
         assert requests.post(f"{server.url}/api/v1/auth/logout", headers=bearer(revoked), timeout=5).status_code == 204
         seen: dict[str, list] = {"good": [], "revoked": []}
         stop = threading.Event()
@@ -95,9 +95,9 @@ def worker_pids(master_pid: int) -> list[int]:
     return [int(pid) for pid in Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()]
 
 
-def test_a_worker_killed_mid_request_leaves_no_partial_write(production_env, make_token):
+def test_a_worker_killed_mid_request_leaves_no_partial_write(production_env, make_token, app_server):
     headers = bearer(make_token("kill-user"))
-    with Gunicorn(production_env, workers=2) as server:
+    with app_server(production_env, workers=2) as server:
         ids = [requests.post(f"{server.url}/api/v1/tasks", json={"title": "v0", "description": "v0"},
                              headers=headers, timeout=5).json()["id"] for _ in range(5)]
         stop = threading.Event()
@@ -135,13 +135,14 @@ def test_a_worker_killed_mid_request_leaves_no_partial_write(production_env, mak
         assert requests.get(f"{server.url}/api/v1/tasks", headers=headers, timeout=10).status_code == 200
 
 
-def test_no_request_started_after_a_revocation_returns_succeeds_on_either_instance(production_env, make_token):
+def test_no_request_started_after_a_revocation_returns_succeeds_on_either_instance(production_env, make_token,
+                                                                                  app_server):
     token = make_token("race-user")
-    with Gunicorn(production_env) as a, Gunicorn(production_env) as b:
+    with app_server(production_env) as a, app_server(production_env) as b:
         results: list[tuple[float, int | str]] = []
         stop = threading.Event()
 
-        def hammer(server: Gunicorn) -> None:
+        def hammer(server: AppServer) -> None:
             session = requests.Session()
             while not stop.is_set():
                 started = time.monotonic()

@@ -31,9 +31,9 @@ def metric_samples(text: str) -> dict:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def test_smoke_health_crud_metrics_and_logs(production_env, make_token):
+def test_smoke_health_crud_metrics_and_logs(production_env, make_token, app_server):
     env = {**production_env, "LOG_LEVEL": "INFO"}
-    with Gunicorn(env, workers=2) as server:
+    with app_server(env, workers=2) as server:
         assert requests.get(f"{server.url}/healthz", timeout=5).json() == {"status": "ok"}
         ready = requests.get(f"{server.url}/readyz", timeout=5)
         assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "redis": "ok"}

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.conftest import bearer
-from tests.servers import Gunicorn, RedisServer
+from tests.servers import AppServer, RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -18,12 +18,12 @@ def code(response: requests.Response) -> int | str:
     return 200 if response.status_code == 200 else response.json().get("code", response.status_code)
 
 
-def me(server: Gunicorn, token: str) -> int | str:
+def me(server: AppServer, token: str) -> int | str:
     return code(requests.get(f"{server.url}/api/v1/auth/me", headers=bearer(token), timeout=5))
 
 
-def test_a_token_revoked_through_one_instance_is_rejected_by_another(production_env, make_token):
-    with Gunicorn(production_env) as a, Gunicorn(production_env) as b:
+def test_a_token_revoked_through_one_instance_is_rejected_by_another(production_env, make_token, app_server):
+    with app_server(production_env) as a, app_server(production_env) as b:
         token = make_token("alice")
         admin = make_token("root", role="admin")
         earlier = make_token("bob", iat=int(time.time()) - 5)
@@ -39,10 +39,10 @@ def test_a_token_revoked_through_one_instance_is_rejected_by_another(production_
         assert requests.get(f"{a.url}/readyz", timeout=5).json()["checks"] == {"database": "ok", "redis": "ok"}
 
 
-def test_revoked_tokens_stay_rejected_after_flushall_and_after_a_restart_empty(production_env, make_token):
+def test_revoked_tokens_stay_rejected_after_flushall_and_after_a_restart_empty(production_env, make_token, app_server):
     with RedisServer() as private_redis:
         env = {**production_env, "REDIS_URL": private_redis.url}
-        with Gunicorn(env) as server:
+        with app_server(env) as server:
             token, session_token = make_token("alice"), make_token("carol", sid="s-flush")
             admin = make_token("root", role="admin")
             requests.post(f"{server.url}/api/v1/auth/logout", headers=bearer(token), timeout=5)
@@ -61,10 +61,10 @@ def test_revoked_tokens_stay_rejected_after_flushall_and_after_a_restart_empty(p
             assert me(server, make_token("alice")) == 200
 
 
-def test_redis_down_is_a_quick_503_never_a_pass(production_env, make_token):
+def test_redis_down_is_a_quick_503_never_a_pass(production_env, make_token, app_server):
     with RedisServer() as private_redis:
         env = {**production_env, "REDIS_URL": private_redis.url, "REDIS_SOCKET_TIMEOUT": "0.5"}
-        with Gunicorn(env) as server:
+        with app_server(env) as server:
             token = make_token("alice")
             assert me(server, token) == 200
             private_redis.stop()
@@ -83,11 +83,11 @@ def test_redis_down_is_a_quick_503_never_a_pass(production_env, make_token):
             assert me(server, token) == 200  # recovers by itself
 
 
-def test_redis_on_a_closed_port_is_a_503(production_env, make_token):
+def test_redis_on_a_closed_port_is_a_503(production_env, make_token, app_server):
     from tests.servers import free_port
 
     env = {**production_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
-    with Gunicorn(env) as server:
+    with app_server(env) as server:
         started = time.monotonic()
         response = requests.get(f"{server.url}/api/v1/tasks", headers=bearer(make_token("alice")), timeout=10)
         assert response.status_code == 503 and time.monotonic() - started < 3

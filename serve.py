@@ -1,0 +1,134 @@
+"""Start the service with the server SERVER names: gunicorn (the default) or granian.
+
+    python serve.py                  # gunicorn -c gunicorn.conf.py wsgi:app
+    SERVER=granian python serve.py   # granian, WSGI, with the same settings
+
+gunicorn is the documented server (gunicorn.conf.py holds its settings). granian is the
+supported alternative: its HTTP side is Rust, so each request costs the worker less CPU
+(bench/RESULTS.md). It reads the same variables where they mean the same thing:
+
+  PORT, GUNICORN_BIND        the address (the first one; unix:/path for a socket)
+  GUNICORN_WORKERS, WEB_CONCURRENCY
+                             worker processes (GRANIAN_WORKERS wins; default: one per CPU, as
+                             granian's I/O runs outside the GIL; gunicorn's is two per CPU)
+  GUNICORN_THREADS           threads per worker running the app (GRANIAN_BLOCKING_THREADS wins; 2)
+  GUNICORN_BACKLOG           listen(2) backlog (2048)
+  GUNICORN_GRACEFUL_TIMEOUT  seconds a stopping worker may finish its requests (25)
+  GRANIAN_BACKPRESSURE       requests a worker takes on at once (default: 4096, so that 1000+
+                             keep-alive clients are all read; more wait in the kernel)
+  GRANIAN_HEADER_TIMEOUT     seconds a client may take to send its headers (10: slow clients
+                             cannot hold a worker's connections for ever)
+
+Logs are JSON lines in the app's format (app.logs); /metrics adds up every worker's figures
+(prometheus_client's multiprocess mode, as under gunicorn).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+GUNICORN = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+
+
+def _int(name: str, default: int, *fallbacks: str) -> int:
+    for variable in (name, *fallbacks):
+        raw = os.environ.get(variable, "").strip()
+        if raw:
+            try:
+                value = int(raw)
+            except ValueError:
+                sys.exit(f"taskgate: configuration error: {variable} must be a whole number, got {raw!r}")
+            if value < 1:
+                sys.exit(f"taskgate: configuration error: {variable} must be at least 1, got {value}")
+            return value
+    return default
+
+
+def _address() -> dict[str, object]:
+    bind = os.environ.get("GUNICORN_BIND", "").split(",")[0].strip()
+    if bind.startswith("unix:"):
+        return {"uds": bind[len("unix:"):]}
+    if bind:
+        host, _, port = bind.rpartition(":")
+        if not port.isdigit():
+            sys.exit(f"taskgate: configuration error: GUNICORN_BIND must be host:port or unix:PATH, got {bind!r}")
+        return {"address": host.strip("[]") or "0.0.0.0", "port": int(port)}  # noqa: S104 - a server's bind
+    return {"address": "0.0.0.0", "port": _int("PORT", 8000)}  # noqa: S104
+
+
+def _metrics_directory() -> None:
+    """prometheus_client's multiprocess mode, set before anything imports it."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:  # stale files from an earlier run would be added to this one's figures
+        shutil.rmtree(directory, ignore_errors=True)
+        os.makedirs(directory, exist_ok=True)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="taskgate-metrics-")
+
+
+def granian_settings() -> dict[str, int]:
+    """granian's sizes, from the environment (also what bench/run.py reports)."""
+    return {
+        "workers": _int("GRANIAN_WORKERS", len(os.sched_getaffinity(0)), "GUNICORN_WORKERS", "WEB_CONCURRENCY"),
+        "threads": _int("GRANIAN_BLOCKING_THREADS", 2, "GUNICORN_THREADS"),
+        "backlog": _int("GUNICORN_BACKLOG", 2048),
+        "backpressure": _int("GRANIAN_BACKPRESSURE", 4096),
+        "header_timeout": _int("GRANIAN_HEADER_TIMEOUT", 10),
+        "graceful_timeout": _int("GUNICORN_GRACEFUL_TIMEOUT", 25),
+    }
+
+
+def serve_granian() -> None:
+    _metrics_directory()
+    sizes = granian_settings()
+    os.environ.setdefault("DB_POOL_SIZE", str(sizes["threads"]))  # one connection per thread running the app
+
+    from granian import Granian
+    from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
+
+    from app.logs import JsonFormatter  # after PROMETHEUS_MULTIPROC_DIR: the app imports prometheus_client
+
+    level = (os.environ.get("LOG_LEVEL", "").strip() or "info").lower()
+    json_logs = {
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "loggers": {"_granian": {"handlers": ["json"], "level": level.upper(), "propagate": False},
+                    "granian.access": {"handlers": ["json"], "level": "INFO", "propagate": False}},
+    }
+    Granian(
+        "wsgi:app",
+        interface=Interfaces.WSGI,
+        workers=sizes["workers"],
+        blocking_threads=sizes["threads"],
+        backlog=sizes["backlog"],
+        backpressure=sizes["backpressure"],
+        http1_settings=HTTP1Settings(header_read_timeout=sizes["header_timeout"] * 1000, keep_alive=True),
+        log_level=level if level in ("critical", "error", "warning", "info", "debug") else "info",
+        log_dictconfig=json_logs,
+        log_access=False,  # the app writes its own access line (app.observability)
+        respawn_failed_workers=True,
+        workers_kill_timeout=sizes["graceful_timeout"],
+        **_address(),
+    ).serve()
+
+
+def main() -> None:
+    server = os.environ.get("SERVER", "").strip().lower() or "gunicorn"
+    if server == "gunicorn":
+        beside = os.path.join(os.path.dirname(sys.executable), GUNICORN[0])  # the venv's, when run from one
+        # exec, not a child: gunicorn becomes the process the container's init signals
+        if os.access(beside, os.X_OK):
+            os.execv(beside, GUNICORN)  # noqa: S606 - a fixed argument list, no shell wanted
+        os.execvp(GUNICORN[0], GUNICORN)  # noqa: S606
+    elif server == "granian":
+        serve_granian()
+    else:
+        sys.exit(f"taskgate: configuration error: SERVER must be gunicorn or granian, got {server!r}")
+
+
+if __name__ == "__main__":
+    main()
