@@ -953,7 +953,8 @@ def plot(report: dict, png: Path) -> str | None:
         for backend in report["backends"]:
             open_runs = [r for r in backend["runs"] if r["mode"] == "open"]
             for workload, style in (("mixed", "-o"), ("healthz", ":s")):
-                points = sorted((r["rate"], summarize_run(r)[pct]) for r in open_runs if r["workload"] == workload)
+                points = sorted(((r["rate"], summarize_run(r)[pct]) for r in open_runs if r["workload"] == workload),
+                                key=lambda point: point[0])  # repetitions share a rate; a p may be None
                 if not points:
                     continue
                 xs = [p[0] for p in points]
