@@ -17,7 +17,7 @@ import requests
 
 from tests.conftest import bearer
 from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
-from tests.servers import Gunicorn, RedisServer
+from tests.servers import SERVERS, AppServer, RedisServer
 
 pytestmark = pytest.mark.integration
 SERVED_AGAIN_WITHIN = 15.0
@@ -27,14 +27,16 @@ def code(response: requests.Response) -> int | str:
     return 200 if response.status_code == 200 else response.json().get("code", response.status_code)
 
 
-def me(server: Gunicorn, token: str) -> int | str:
+def me(server: AppServer, token: str) -> int | str:
     return code(requests.get(f"{server.url}/api/v1/auth/me", headers=bearer(token), timeout=10))
 
 
 @contextmanager
-def instances(env: dict[str, str], count: int) -> Iterator[list[Gunicorn]]:
+def instances(env: dict[str, str], count: int) -> Iterator[list[AppServer]]:
+    """`count` instances of taskgate on one Redis and one database, taking the supported
+    servers in turn (gunicorn, granian, gunicorn, ...): every guarantee holds on each."""
     with ExitStack() as stack:
-        yield [stack.enter_context(Gunicorn(env, workers=2)) for _ in range(count)]
+        yield [stack.enter_context(AppServer(env, workers=2, server=SERVERS[i % len(SERVERS)])) for i in range(count)]
 
 
 class Revoked:
@@ -53,7 +55,7 @@ class Revoked:
         self.good = make_token(f"t-good-{run}", sid=f"t-good-{run}")
         self.admin = bearer(make_token("root", role="admin"))
 
-    def revoke_through(self, server: Gunicorn) -> None:
+    def revoke_through(self, server: AppServer) -> None:
         post = lambda path, **kw: requests.post(f"{server.url}{path}", timeout=10, **kw)  # noqa: E731
         t = self.tokens
         assert post("/api/v1/auth/logout", headers=bearer(t["logout (jti)"])).status_code == 204
@@ -63,12 +65,12 @@ class Revoked:
         assert post("/api/v1/admin/tokens/revoke", json={"token": t["admin, by token"]},
                     headers=self.admin).status_code == 200
 
-    def assert_all_revoked(self, servers: list[Gunicorn]) -> None:
+    def assert_all_revoked(self, servers: list[AppServer]) -> None:
         for server in servers:
             for how, token in self.tokens.items():
                 assert me(server, token) == "token_revoked", (server.url, how)
 
-    def never_accepted(self, server: Gunicorn) -> list[tuple[str, int | str]]:
+    def never_accepted(self, server: AppServer) -> list[tuple[str, int | str]]:
         """One request per revoked token; what each got (never 200)."""
         answers = [(how, me(server, token)) for how, token in self.tokens.items()]
         assert all(answer in ("token_revoked", "service_unavailable") for _, answer in answers), answers
@@ -173,7 +175,7 @@ def test_sentinel_failover_under_load(production_env, make_token):
         accepted_revoked: list[tuple[str, str]] = []
         stop = threading.Event()
 
-        def hammer(server: Gunicorn) -> None:
+        def hammer(server: AppServer) -> None:
             while not stop.is_set():
                 try:
                     seen[server.url].append((time.monotonic(), me(server, revoked.good)))

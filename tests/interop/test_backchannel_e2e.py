@@ -24,7 +24,7 @@ import requests
 from tests.conftest import bearer
 from tests.interop.conftest import new_email
 from tests.interop.issuer import BetterAuthIssuer, IssuerError, Session, decode_unverified
-from tests.servers import Gunicorn, free_port, production_env, wait_until
+from tests.servers import AppServer, free_port, production_env, wait_until
 from tests.services import redis_key_prefix, require_redis
 
 pytestmark = pytest.mark.integration
@@ -43,8 +43,8 @@ MODES = {
 class Deployment:
     mode: str
     issuer: BetterAuthIssuer
-    a: Gunicorn  # the instance the plugin sends logout tokens to
-    b: Gunicorn  # another instance of the same taskgate
+    a: AppServer  # the instance the plugin sends logout tokens to
+    b: AppServer  # another instance of the same taskgate
 
     @property
     def tokens_carry_sid(self) -> bool:
@@ -55,7 +55,7 @@ class Deployment:
             return self.issuer.hs256_token(session, with_issuer=True)
         return self.issuer.token(session)
 
-    def me(self, token: str, instance: Gunicorn | None = None) -> requests.Response:
+    def me(self, token: str, instance: AppServer | None = None) -> requests.Response:
         return requests.get(f"{(instance or self.b).url}/api/v1/auth/me", headers=bearer(token), timeout=5)
 
     def accepted(self, token: str) -> bool:
@@ -83,7 +83,9 @@ def shared_services(postgres_url: str) -> Iterator[tuple[str, str, str]]:
 
 def start_deployment(mode: str, services: tuple[str, str, str]) -> Deployment:
     database_url, redis_url, prefix = services
-    a, b = (Gunicorn(production_env(database_url, redis_url, prefix, "")) for _ in range(2))
+    # One instance under each supported server.
+    a, b = (AppServer(production_env(database_url, redis_url, prefix, ""), server=server)
+            for server in ("gunicorn", "granian"))
     issuer = BetterAuthIssuer(**MODES[mode], taskgate_url=a.url, taskgate_options=RETRY).start()
     hs256 = mode == "hs256"
     # As the README says: BETTER_AUTH_URL alone (issuer, audience and JWKS URL default from it);
