@@ -14,8 +14,10 @@ supported alternative: its HTTP side is Rust, so each request costs the worker l
   GUNICORN_THREADS           threads per worker running the app (GRANIAN_BLOCKING_THREADS wins; 2)
   GUNICORN_BACKLOG           listen(2) backlog (2048)
   GUNICORN_GRACEFUL_TIMEOUT  seconds a stopping worker may finish its requests (25)
-  GRANIAN_BACKPRESSURE       requests a worker takes on at once (default: 4096, so that 1000+
-                             keep-alive clients are all read; more wait in the kernel)
+  GRANIAN_BACKPRESSURE       connections a worker takes on at once (4096). granian counts
+                             connections, keep-alive ones included, not requests: past it a
+                             worker stops accepting, and new clients wait unanswered in the
+                             listen queue. The threads running the app bound the concurrency.
   GRANIAN_HEADER_TIMEOUT     seconds a client may take to send its headers (10: slow clients
                              cannot hold a worker's connections for ever)
 
@@ -29,8 +31,15 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import NoReturn
 
 GUNICORN = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+CONFIG_ERROR = 78  # EX_CONFIG, as wsgi.py exits on a configuration error
+
+
+def configuration_error(message: str) -> NoReturn:
+    print(f"taskgate: configuration error: {message}", file=sys.stderr)
+    sys.exit(CONFIG_ERROR)
 
 
 def _int(name: str, default: int, *fallbacks: str) -> int:
@@ -40,21 +49,22 @@ def _int(name: str, default: int, *fallbacks: str) -> int:
             try:
                 value = int(raw)
             except ValueError:
-                sys.exit(f"taskgate: configuration error: {variable} must be a whole number, got {raw!r}")
+                configuration_error(f"{variable} must be a whole number, got {raw!r}")
             if value < 1:
-                sys.exit(f"taskgate: configuration error: {variable} must be at least 1, got {value}")
+                configuration_error(f"{variable} must be at least 1, got {value}")
             return value
     return default
 
 
-def _address() -> dict[str, object]:
+def listen_address() -> dict[str, object]:
+    """Where granian listens: the first address of GUNICORN_BIND, else 0.0.0.0:$PORT."""
     bind = os.environ.get("GUNICORN_BIND", "").split(",")[0].strip()
     if bind.startswith("unix:"):
         return {"uds": bind[len("unix:"):]}
     if bind:
         host, _, port = bind.rpartition(":")
         if not port.isdigit():
-            sys.exit(f"taskgate: configuration error: GUNICORN_BIND must be host:port or unix:PATH, got {bind!r}")
+            configuration_error(f"GUNICORN_BIND must be host:port or unix:PATH, got {bind!r}")
         return {"address": host.strip("[]") or "0.0.0.0", "port": int(port)}  # noqa: S104 - a server's bind
     return {"address": "0.0.0.0", "port": _int("PORT", 8000)}  # noqa: S104
 
@@ -82,8 +92,8 @@ def granian_settings() -> dict[str, int]:
 
 
 def serve_granian() -> None:
+    sizes, address = granian_settings(), listen_address()  # a bad setting stops here, before anything starts
     _metrics_directory()
-    sizes = granian_settings()
     os.environ.setdefault("DB_POOL_SIZE", str(sizes["threads"]))  # one connection per thread running the app
 
     from granian import Granian
@@ -112,7 +122,7 @@ def serve_granian() -> None:
         log_access=False,  # the app writes its own access line (app.observability)
         respawn_failed_workers=True,
         workers_kill_timeout=sizes["graceful_timeout"],
-        **_address(),
+        **address,
     ).serve()
 
 
@@ -127,7 +137,7 @@ def main() -> None:
     elif server == "granian":
         serve_granian()
     else:
-        sys.exit(f"taskgate: configuration error: SERVER must be gunicorn or granian, got {server!r}")
+        configuration_error(f"SERVER must be gunicorn or granian, got {server!r}")
 
 
 if __name__ == "__main__":

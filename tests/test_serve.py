@@ -1,0 +1,63 @@
+"""serve.py, the image's command: which server it starts, the settings granian takes from the
+variables gunicorn reads, and a bad setting as one line and exit 78 before anything starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import serve
+from tests.servers import ROOT
+
+SERVE_VARIABLES = ("SERVER", "GRANIAN_WORKERS", "GUNICORN_WORKERS", "WEB_CONCURRENCY", "GRANIAN_BLOCKING_THREADS",
+                   "GUNICORN_THREADS", "GUNICORN_BACKLOG", "GRANIAN_BACKPRESSURE", "GRANIAN_HEADER_TIMEOUT",
+                   "GUNICORN_GRACEFUL_TIMEOUT", "GUNICORN_BIND", "PORT")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in SERVE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_granian_takes_gunicorns_variables_and_its_own_win(clean_env):
+    assert serve.granian_settings()["workers"] == len(os.sched_getaffinity(0))
+    clean_env.setenv("WEB_CONCURRENCY", "5")
+    clean_env.setenv("GUNICORN_THREADS", "3")
+    assert (serve.granian_settings()["workers"], serve.granian_settings()["threads"]) == (5, 3)
+    clean_env.setenv("GUNICORN_WORKERS", "4")
+    assert serve.granian_settings()["workers"] == 4
+    clean_env.setenv("GRANIAN_WORKERS", "2")
+    clean_env.setenv("GRANIAN_BLOCKING_THREADS", "6")
+    assert (serve.granian_settings()["workers"], serve.granian_settings()["threads"]) == (2, 6)
+    assert serve.granian_settings()["backpressure"] == 4096  # above 1000+ keep-alive clients
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"SERVER": "uwsgi"}, "SERVER must be gunicorn or granian, got 'uwsgi'"),
+    ({"SERVER": "granian", "GRANIAN_WORKERS": "two"}, "GRANIAN_WORKERS must be a whole number, got 'two'"),
+    ({"SERVER": "granian", "GRANIAN_BACKPRESSURE": "0"}, "GRANIAN_BACKPRESSURE must be at least 1, got 0"),
+    ({"SERVER": "granian", "GUNICORN_BIND": "127.0.0.1:http"},
+     "GUNICORN_BIND must be host:port or unix:PATH, got '127.0.0.1:http'"),
+])
+def test_a_bad_setting_is_one_line_and_exit_78(env, message):
+    clean = {k: v for k, v in os.environ.items() if k not in SERVE_VARIABLES}
+    result = subprocess.run([sys.executable, "serve.py"], cwd=ROOT, env={**clean, **env}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 78
+    assert result.stderr.strip() == f"taskgate: configuration error: {message}"
+    assert result.stdout == ""
+
+
+def test_the_address_granian_listens_on(clean_env):
+    assert serve.listen_address() == {"address": "0.0.0.0", "port": 8000}
+    clean_env.setenv("PORT", "9000")
+    assert serve.listen_address() == {"address": "0.0.0.0", "port": 9000}
+    clean_env.setenv("GUNICORN_BIND", "[::1]:8001,127.0.0.1:8002")
+    assert serve.listen_address() == {"address": "::1", "port": 8001}
+    clean_env.setenv("GUNICORN_BIND", "unix:/run/taskgate.sock")
+    assert serve.listen_address() == {"uds": "/run/taskgate.sock"}
