@@ -33,6 +33,7 @@ import sys
 import tempfile
 from typing import NoReturn
 
+SERVERS = ("gunicorn", "granian")  # what SERVER may name; the first is the default
 GUNICORN = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 CONFIG_ERROR = 78  # EX_CONFIG, as wsgi.py exits on a configuration error
 
@@ -127,17 +128,16 @@ def serve_granian() -> None:
 
 
 def main() -> None:
-    server = os.environ.get("SERVER", "").strip().lower() or "gunicorn"
+    server = os.environ.get("SERVER", "").strip().lower() or SERVERS[0]
+    if server not in SERVERS:
+        configuration_error(f"SERVER must be {' or '.join(SERVERS)}, got {server!r}")
     if server == "gunicorn":
         beside = os.path.join(os.path.dirname(sys.executable), GUNICORN[0])  # the venv's, when run from one
         # exec, not a child: gunicorn becomes the process the container's init signals
         if os.access(beside, os.X_OK):
             os.execv(beside, GUNICORN)  # noqa: S606 - a fixed argument list, no shell wanted
         os.execvp(GUNICORN[0], GUNICORN)  # noqa: S606
-    elif server == "granian":
-        serve_granian()
-    else:
-        configuration_error(f"SERVER must be gunicorn or granian, got {server!r}")
+    serve_granian()
 
 
 if __name__ == "__main__":

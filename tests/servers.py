@@ -3,6 +3,7 @@ the app served exactly as production serves it (gunicorn or granian), and a priv
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -11,6 +12,8 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -58,9 +61,6 @@ def wait_until(check, timeout: float, what: str) -> None:
     raise TimeoutError(f"{what} did not come up within {timeout} s")
 
 
-SERVERS = ("gunicorn", "granian")  # what serve.py can start: the integration tests run under each
-
-
 class AppServer:
     """The app on a spare loopback port, started as production starts it: `python serve.py`,
     which runs gunicorn (`gunicorn -c gunicorn.conf.py wsgi:app`) or, with SERVER=granian, granian."""
@@ -105,14 +105,34 @@ class Gunicorn(AppServer):
         super().__init__(env, workers, "gunicorn")
 
 
-def send_slowly_started_post(url: str, token: str, body: bytes) -> socket.socket:
-    """A POST whose headers and first half of the body are sent, the rest held back."""
+def post_across_a_sigterm(url: str, token: str, terminate: Callable[[], None],
+                          running: Callable[[], bool]) -> tuple[bytes, str]:
+    """POST a task whose body is half sent when `terminate()` signals the server, then the
+    rest once the server has been seen still `running()` (draining). The raw answer, and the
+    task's title."""
+    title = f"drained-{uuid.uuid4().hex[:8]}"
+    body = json.dumps({"title": title}).encode()
     host, port = url.removeprefix("http://").split(":")
-    client = socket.create_connection((host, int(port)), timeout=30)
-    client.sendall(b"POST /api/v1/tasks HTTP/1.1\r\nHost: taskgate\r\nContent-Type: application/json\r\n"
-                   + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                   + body[: len(body) // 2])
-    return client
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        client.sendall(b"POST /api/v1/tasks HTTP/1.1\r\nHost: taskgate\r\nContent-Type: application/json\r\n"
+                       + f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                       + body[: len(body) // 2])
+        time.sleep(1)  # the request is in a thread running the app, reading its body
+        terminate()
+        time.sleep(1.5)
+        assert running(), "the server stopped without draining the request in flight"
+        client.sendall(body[len(body) // 2:])
+        return client.recv(65536), title
+
+
+def tasks_titled(database_url: str, title: str) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    with engine.connect() as connection:
+        count = connection.execute(sa.text("SELECT count(*) FROM tasks WHERE title = :t"), {"t": title}).scalar()
+    engine.dispose()
+    return count
 
 
 class RedisServer:

@@ -61,3 +61,4 @@ def test_the_address_granian_listens_on(clean_env):
     assert serve.listen_address() == {"address": "::1", "port": 8001}
     clean_env.setenv("GUNICORN_BIND", "unix:/run/taskgate.sock")
     assert serve.listen_address() == {"uds": "/run/taskgate.sock"}
+

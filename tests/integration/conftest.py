@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from serve import SERVERS
 from tests import servers
 from tests.conftest import SECRET, emptied
 from tests.servers import METRICS_TOKEN  # noqa: F401 - the tests read it from here
@@ -25,7 +26,7 @@ def production_env(postgres_url: str, redis_prefix: str) -> dict[str, str]:
     return servers.production_env(emptied(postgres_url), require_redis(), redis_prefix, SECRET)
 
 
-@pytest.fixture(params=servers.SERVERS)
+@pytest.fixture(params=SERVERS)  # every server serve.py can start
 def app_server(request: pytest.FixtureRequest) -> Callable[..., servers.AppServer]:
     """AppServer(env, workers) under each supported server in turn: a test using it runs once per server."""
     return functools.partial(servers.AppServer, server=request.param)

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 import requests
-import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SECRET, bearer
 from tests.containers import Dockerd, build_image, ensure_base_image, image_size
-from tests.servers import ROOT, free_port, send_slowly_started_post, wait_until
+from tests.servers import ROOT, free_port, post_across_a_sigterm, tasks_titled, wait_until
 from tests.services import create_postgres_database, redis_key_prefix, require_redis
 
 pytestmark = pytest.mark.integration
@@ -197,27 +196,17 @@ def test_the_output_is_json_lines_without_a_secret(app_container):
 def test_sigterm_drains_the_request_in_flight_then_exits_0(dockerd, image, container_env, make_token):
     container = start(dockerd, image, container_env)
     try:
-        title = f"drained-{uuid.uuid4().hex[:8]}"
-        body = json.dumps({"title": title}).encode()
-        client = send_slowly_started_post(container.url, make_token("drain-user"), body)
-        time.sleep(1)  # the request is in a worker thread, reading its body
-        dockerd.docker("kill", "--signal", "TERM", container.id)
-        time.sleep(1.5)
-        assert container.state("Running") == "true"  # still draining
-        client.sendall(body[len(body) // 2:])
-        response = client.recv(65536)
-        client.close()
+        response, title = post_across_a_sigterm(
+            container.url, make_token("drain-user"),
+            terminate=lambda: dockerd.docker("kill", "--signal", "TERM", container.id),
+            running=lambda: container.state("Running") == "true")
         assert response.startswith(b"HTTP/1.1 201 "), response[:200]
         exit_code = dockerd.docker("wait", container.id, timeout=40).stdout.strip()
         logs = container.logs()
     finally:
         dockerd.docker("rm", "--force", container.id, check=False)
     assert exit_code == "0", logs[-3000:]
-    engine = sa.create_engine(container_env["DATABASE_URL"])
-    with engine.connect() as connection:
-        stored = connection.execute(sa.text("SELECT count(*) FROM tasks WHERE title = :t"), {"t": title}).scalar()
-    engine.dispose()
-    assert stored == 1
+    assert tasks_titled(container_env["DATABASE_URL"], title) == 1
     assert any(json.loads(line)["message"] == "Handling signal: term" for line in logs.splitlines() if line)
 
 

@@ -15,9 +15,10 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from serve import SERVERS
 from tests.conftest import bearer
 from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
-from tests.servers import SERVERS, AppServer, RedisServer
+from tests.servers import AppServer, RedisServer
 
 pytestmark = pytest.mark.integration
 SERVED_AGAIN_WITHIN = 15.0

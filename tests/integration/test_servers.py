@@ -8,38 +8,25 @@ import json
 import signal
 import socket
 import time
-import uuid
 
 import pytest
 import requests
-import sqlalchemy as sa
 
 from tests.conftest import bearer
 from tests.integration.conftest import METRICS_TOKEN
-from tests.servers import AppServer, send_slowly_started_post
+from tests.servers import AppServer, post_across_a_sigterm, tasks_titled
 
 pytestmark = pytest.mark.integration
 
 
 def test_sigterm_drains_the_request_in_flight_then_exits_0(production_env, make_token, app_server):
-    title = f"drained-{uuid.uuid4().hex[:8]}"
-    body = json.dumps({"title": title}).encode()
     with app_server(production_env, workers=2) as server:
-        client = send_slowly_started_post(server.url, make_token("drain-user"), body)
-        time.sleep(1)  # the request has begun: headers and half its body are in
-        server.process.send_signal(signal.SIGTERM)
-        time.sleep(1.5)
-        assert server.process.poll() is None  # still draining
-        client.sendall(body[len(body) // 2:])
-        response = client.recv(65536)
-        client.close()
+        response, title = post_across_a_sigterm(server.url, make_token("drain-user"),
+                                                terminate=lambda: server.process.send_signal(signal.SIGTERM),
+                                                running=lambda: server.process.poll() is None)
         assert response.startswith(b"HTTP/1.1 201"), response[:200]
         assert server.process.wait(timeout=30) == 0
-    engine = sa.create_engine(production_env["DATABASE_URL"])
-    with engine.connect() as connection:
-        stored = connection.execute(sa.text("SELECT count(*) FROM tasks WHERE title = :t"), {"t": title}).scalar()
-    engine.dispose()
-    assert stored == 1
+    assert tasks_titled(production_env["DATABASE_URL"], title) == 1
 
 
 def test_every_line_is_json_and_metrics_add_up_every_worker(production_env, make_token, app_server):

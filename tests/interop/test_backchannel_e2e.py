@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import pytest
 import requests
 
+from serve import SERVERS
 from tests.conftest import bearer
 from tests.interop.conftest import new_email
 from tests.interop.issuer import BetterAuthIssuer, IssuerError, Session, decode_unverified
@@ -85,7 +86,7 @@ def start_deployment(mode: str, services: tuple[str, str, str]) -> Deployment:
     database_url, redis_url, prefix = services
     # One instance under each supported server.
     a, b = (AppServer(production_env(database_url, redis_url, prefix, ""), server=server)
-            for server in ("gunicorn", "granian"))
+            for server in SERVERS)
     issuer = BetterAuthIssuer(**MODES[mode], taskgate_url=a.url, taskgate_options=RETRY).start()
     hs256 = mode == "hs256"
     # As the README says: BETTER_AUTH_URL alone (issuer, audience and JWKS URL default from it);
