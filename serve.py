@@ -28,6 +28,7 @@ Logs are JSON lines in the app's format (app.logs); /metrics adds up every worke
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -92,9 +93,22 @@ def granian_settings() -> dict[str, int]:
     }
 
 
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise the soft open-file limit towards `wanted` (at most the hard limit): many runtimes
+    start processes at 1024, which a worker holding GRANIAN_BACKPRESSURE connections would hit
+    (EMFILE). Raised before the workers start, so they inherit it. Returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
 def serve_granian() -> None:
     sizes, address = granian_settings(), listen_address()  # a bad setting stops here, before anything starts
     _metrics_directory()
+    raise_open_files_limit(sizes["backpressure"] + 1024)  # its connections, plus database, Redis and files
     os.environ.setdefault("DB_POOL_SIZE", str(sizes["threads"]))  # one connection per thread running the app
 
     from granian import Granian

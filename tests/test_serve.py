@@ -4,6 +4,7 @@ variables gunicorn reads, and a bad setting as one line and exit 78 before anyth
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 
@@ -62,3 +63,15 @@ def test_the_address_granian_listens_on(clean_env):
     clean_env.setenv("GUNICORN_BIND", "unix:/run/taskgate.sock")
     assert serve.listen_address() == {"uds": "/run/taskgate.sock"}
 
+
+def test_granian_raises_a_low_open_file_limit_for_its_connections():
+    # A child started at a soft limit of 1024 (as many container runtimes start processes).
+    probe = ("import resource, serve; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+             "print(serve.raise_open_files_limit(5120), resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)")
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 5120:
+        pytest.skip(f"the hard open-file limit here is {hard}")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
+    returned, soft_after, _ = (int(word) for word in result.stdout.split())
+    assert returned == soft_after == 5120
