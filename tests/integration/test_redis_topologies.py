@@ -15,7 +15,6 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from serve import SERVERS
 from tests.conftest import bearer
 from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
 from tests.servers import AppServer, RedisServer
@@ -34,10 +33,9 @@ def me(server: AppServer, token: str) -> int | str:
 
 @contextmanager
 def instances(env: dict[str, str], count: int) -> Iterator[list[AppServer]]:
-    """`count` instances of taskgate on one Redis and one database, taking the supported
-    servers in turn (gunicorn, granian, gunicorn, ...): every guarantee holds on each."""
+    """`count` instances of taskgate (gunicorn) on one Redis and one database."""
     with ExitStack() as stack:
-        yield [stack.enter_context(AppServer(env, workers=2, server=SERVERS[i % len(SERVERS)])) for i in range(count)]
+        yield [stack.enter_context(AppServer(env, workers=2)) for _ in range(count)]
 
 
 class Revoked:
