@@ -86,21 +86,32 @@ def settings_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-def app(database_url: str, settings_overrides: dict[str, Any]):
-    config = {
-        "APP_ENV": "testing",
-        "DATABASE_URL": database_url,
-        "BETTER_AUTH_SECRET": SECRET,
-        "REDIS_URL": "",
-        "BETTER_AUTH_URL": "",
-        "JWKS_URL": "",
-        "JWT_ALGORITHMS": "",
-        "ADMIN_USER_IDS": "",
-        **settings_overrides,
-    }
-    app = create_app(config)
-    yield app
-    services(app).database.dispose()
+def make_app(database_url: str, settings_overrides: dict[str, Any]):
+    """make_app() -> one more instance of the app, on the same database and Redis."""
+    made = []
+
+    def factory():
+        made.append(create_app({
+            "APP_ENV": "testing",
+            "DATABASE_URL": database_url,
+            "BETTER_AUTH_SECRET": SECRET,
+            "REDIS_URL": "",
+            "BETTER_AUTH_URL": "",
+            "JWKS_URL": "",
+            "JWT_ALGORITHMS": "",
+            "ADMIN_USER_IDS": "",
+            **settings_overrides,
+        }))
+        return made[-1]
+
+    yield factory
+    for app in made:
+        services(app).database.dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture

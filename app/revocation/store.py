@@ -147,15 +147,16 @@ class RevocationStore:
         with self._redis():
             self._keep_verified()
             for _ in range(4):
-                opened = self._connections
                 verdict, stale, lost = self._exchange(principal, window)
-                if stale is None and self._connections == opened:
+                # Every connection this process opened, this exchange's included, verified: a
+                # reconnection can reach another, older Redis whose other buckets are behind too.
+                verified = self._verified == self._connections
+                if stale is None and verified:
                     labelled(REVOCATION_CHECKS, "revoked" if verdict.revoked else "ok").inc()
                     return verdict
                 # The answer came from a bucket behind the table (repair it), from a bucket that
-                # lost its state or over a connection opened meanwhile (Redis may be another, or
-                # older, than the one verified: verify every bucket), so ask again.
-                if stale is not None and not lost:
+                # lost its state or over an unverified connection (verify every bucket), so ask again.
+                if stale is not None and not lost and verified:
                     self.repair(stale)
                 else:
                     self.verify(wait=LOCK_WAIT_SECONDS)

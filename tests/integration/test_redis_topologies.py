@@ -1,7 +1,7 @@
 """Revocations that hold whatever Redis does, against real servers started here: a Redis that
 comes back older than the database (a snapshot, a lost AOF tail), a Redis write that fails after
 the commit, a Sentinel failover, and a three-master Cluster losing each shard's data in turn.
-Several gunicorn instances each time; not one revoked token is ever accepted."""
+Several instances each time, gunicorn and granian mixed; not one revoked token is ever accepted."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from serve import SERVERS
 from tests.conftest import bearer
 from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
 from tests.servers import AppServer, RedisServer
@@ -33,9 +34,9 @@ def me(server: AppServer, token: str) -> int | str:
 
 @contextmanager
 def instances(env: dict[str, str], count: int) -> Iterator[list[AppServer]]:
-    """`count` instances of taskgate (gunicorn) on one Redis and one database."""
+    """`count` instances of taskgate on one Redis and one database, the servers taken in turn."""
     with ExitStack() as stack:
-        yield [stack.enter_context(AppServer(env, workers=2)) for _ in range(count)]
+        yield [stack.enter_context(AppServer(env, workers=2, server=SERVERS[i % len(SERVERS)])) for i in range(count)]
 
 
 class Revoked:
