@@ -54,6 +54,10 @@ from datetime import UTC, datetime
 import orjson
 from gunicorn.glogging import Logger
 
+# serve.py, beside this file (gunicorn puts its directory on sys.path before reading this
+# file), holds what both servers do at start; it imports nothing but the standard library.
+from serve import prepare_metrics_directory, raise_open_files_limit
+
 
 def _env_str(name, default):
     value = os.environ.get(name)
@@ -247,11 +251,7 @@ def _raise_nofile_limit(server):
     # sockets, log files and imports.
     wanted = _env_int("GUNICORN_NOFILE", cfg.worker_connections + 1024, minimum=1)
     try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        if soft != resource.RLIM_INFINITY and soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
+        soft = raise_open_files_limit(wanted)
         if soft != resource.RLIM_INFINITY and soft < wanted:
             server.log.warning(
                 "open-file limit %s is below the %s needed for %s worker "
@@ -315,16 +315,7 @@ def _check_reuse_port(server):
 def on_starting(server):
     _raise_nofile_limit(server)
     _check_reuse_port(server)
-    import shutil
-    import tempfile
-
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory:
-        directory = tempfile.mkdtemp(prefix="taskgate-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    else:  # stale files from an earlier run would be added to this one's figures
-        shutil.rmtree(directory, ignore_errors=True)
-        os.makedirs(directory, exist_ok=True)
+    prepare_metrics_directory()
 
 
 def when_ready(server):

@@ -71,8 +71,8 @@ def listen_address() -> dict[str, object]:
     return {"address": "0.0.0.0", "port": _int("PORT", 8000)}  # noqa: S104
 
 
-def _metrics_directory() -> None:
-    """prometheus_client's multiprocess mode, set before anything imports it."""
+def prepare_metrics_directory() -> None:
+    """prometheus_client's multiprocess mode, set before anything imports it (both servers)."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:  # stale files from an earlier run would be added to this one's figures
         shutil.rmtree(directory, ignore_errors=True)
@@ -95,8 +95,9 @@ def granian_settings() -> dict[str, int]:
 
 def raise_open_files_limit(wanted: int) -> int:
     """Raise the soft open-file limit towards `wanted` (at most the hard limit): many runtimes
-    start processes at 1024, which a worker holding GRANIAN_BACKPRESSURE connections would hit
-    (EMFILE). Raised before the workers start, so they inherit it. Returns the soft limit."""
+    start processes at 1024, which a worker holding its connections (GRANIAN_BACKPRESSURE,
+    gunicorn's worker_connections) would hit (EMFILE). Raised before the workers start, so
+    they inherit it. Returns the soft limit (both servers)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
@@ -107,7 +108,7 @@ def raise_open_files_limit(wanted: int) -> int:
 
 def serve_granian() -> None:
     sizes, address = granian_settings(), listen_address()  # a bad setting stops here, before anything starts
-    _metrics_directory()
+    prepare_metrics_directory()
     raise_open_files_limit(sizes["backpressure"] + 1024)  # its connections, plus database, Redis and files
     os.environ.setdefault("DB_POOL_SIZE", str(sizes["threads"]))  # one connection per thread running the app
 
