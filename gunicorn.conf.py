@@ -46,7 +46,6 @@ this file and wins over everything here):
 
 import logging
 import logging.handlers
-import math
 import os
 import resource
 from datetime import UTC, datetime
@@ -56,7 +55,7 @@ from gunicorn.glogging import Logger
 
 # serve.py, beside this file (gunicorn puts its directory on sys.path before reading this
 # file), holds what both servers do at start; it imports nothing but the standard library.
-from serve import prepare_metrics_directory, raise_open_files_limit
+from serve import cpus_available, prepare_metrics_directory, raise_open_files_limit
 
 
 def _env_str(name, default):
@@ -86,38 +85,6 @@ def _env_bool(name, default):
     if raw in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{name} must be 1 or 0, got {raw!r}")
-
-
-def _cpus_available():
-    """CPUs this process may use: CPU affinity, capped by a cgroup CPU quota.
-
-    os.cpu_count() alone reports every CPU of the host, which inside a
-    container limited with --cpus / a Kubernetes CPU limit would start far too
-    many workers (each with its own DB pool).
-    """
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    quota = None
-    try:  # cgroup v2
-        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as fh:
-            q, period = fh.read().split()[:2]
-        if q != "max":
-            quota = int(q) / int(period)
-    except (OSError, ValueError):
-        try:  # cgroup v1
-            with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", encoding="ascii") as fh:
-                q = int(fh.read())
-            with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us", encoding="ascii") as fh:
-                period = int(fh.read())
-            if q > 0 and period > 0:
-                quota = q / period
-        except (OSError, ValueError):
-            pass
-    if quota:
-        count = min(count, max(1, math.ceil(quota)))
-    return max(1, count)
 
 
 # --- Socket -----------------------------------------------------------------
@@ -150,7 +117,7 @@ worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread") or "gthread"
 # the same cores. The worker sweeps and full runs behind these defaults are in
 # bench/RESULTS.md.
 # WEB_CONCURRENCY is what hosting platforms (Heroku, Render, ...) set for the worker count.
-workers = _env_int("GUNICORN_WORKERS", _env_int("WEB_CONCURRENCY", max(2, 2 * _cpus_available()), minimum=1),
+workers = _env_int("GUNICORN_WORKERS", _env_int("WEB_CONCURRENCY", max(2, 2 * cpus_available()), minimum=1),
                    minimum=1)
 threads = _env_int("GUNICORN_THREADS", 2, minimum=1)
 worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 2000, minimum=1)

@@ -27,11 +27,13 @@ Logs are JSON lines in the app's format (app.logs); /metrics adds up every worke
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 from typing import NoReturn
 
 SERVERS = ("gunicorn", "granian")  # what SERVER may name; the first is the default
@@ -81,10 +83,37 @@ def prepare_metrics_directory() -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="taskgate-metrics-")
 
 
+def cpus_available(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota (both servers'
+    default worker count). os.cpu_count() alone reports every CPU of the host, which inside a
+    container limited with --cpus or a Kubernetes CPU limit would start far too many workers,
+    each with its own database pool."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = None
+    try:  # cgroup v2
+        limit, period = (cgroup / "cpu.max").read_text(encoding="ascii").split()[:2]
+        if limit != "max":
+            quota = int(limit) / int(period)
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            limit = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text(encoding="ascii"))
+            period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text(encoding="ascii"))
+            if limit > 0 and period > 0:
+                quota = limit / period
+        except (OSError, ValueError):
+            pass
+    if quota:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
 def granian_settings() -> dict[str, int]:
     """granian's sizes, from the environment (also what bench/run.py reports)."""
     return {
-        "workers": _int("GRANIAN_WORKERS", len(os.sched_getaffinity(0)), "GUNICORN_WORKERS", "WEB_CONCURRENCY"),
+        "workers": _int("GRANIAN_WORKERS", cpus_available(), "GUNICORN_WORKERS", "WEB_CONCURRENCY"),
         "threads": _int("GRANIAN_BLOCKING_THREADS", 2, "GUNICORN_THREADS"),
         "backlog": _int("GUNICORN_BACKLOG", 2048),
         "backpressure": _int("GRANIAN_BACKPRESSURE", 4096),

@@ -26,7 +26,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def test_granian_takes_gunicorns_variables_and_its_own_win(clean_env):
-    assert serve.granian_settings()["workers"] == len(os.sched_getaffinity(0))
+    assert serve.granian_settings()["workers"] == serve.cpus_available()  # one per CPU available
     clean_env.setenv("WEB_CONCURRENCY", "5")
     clean_env.setenv("GUNICORN_THREADS", "3")
     assert (serve.granian_settings()["workers"], serve.granian_settings()["threads"]) == (5, 3)
@@ -75,3 +75,18 @@ def test_granian_raises_a_low_open_file_limit_for_its_connections():
                             check=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)))
     returned, soft_after, _ = (int(word) for word in result.stdout.split())
     assert returned == soft_after == 5120
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"cpu.max": "max 100000\n"}, None),  # no quota: every CPU of the affinity
+    ({"cpu.max": "100000 100000\n"}, 1),  # --cpus 1 (cgroup v2)
+    ({"cpu.max": "150000 100000\n"}, 2),  # --cpus 1.5: rounded up
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no quota
+])
+def test_the_default_worker_count_honours_a_container_cpu_quota(tmp_path, files, expected):
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(content)
+    affinity = len(os.sched_getaffinity(0))
+    assert serve.cpus_available(tmp_path) == (affinity if expected is None else min(affinity, expected))
