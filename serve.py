@@ -135,9 +135,20 @@ def raise_open_files_limit(wanted: int) -> int:
     return soft
 
 
+def preflight() -> None:
+    """The app's settings and what a production start refuses (an evicting Redis), before any
+    server starts: one line and exit 78, not a worker failing to boot again and again."""
+    prepare_metrics_directory()  # before anything imports prometheus_client (granian forks its workers)
+    from app import ConfigError, check_configuration
+
+    try:
+        check_configuration()
+    except ConfigError as error:
+        configuration_error(str(error))
+
+
 def serve_granian() -> None:
     sizes, address = granian_settings(), listen_address()  # a bad setting stops here, before anything starts
-    prepare_metrics_directory()
     raise_open_files_limit(sizes["backpressure"] + 1024)  # its connections, plus database, Redis and files
     os.environ.setdefault("DB_POOL_SIZE", str(sizes["threads"]))  # one connection per thread running the app
 
@@ -175,6 +186,10 @@ def main() -> None:
     server = os.environ.get("SERVER", "").strip().lower() or SERVERS[0]
     if server not in SERVERS:
         configuration_error(f"SERVER must be {' or '.join(SERVERS)}, got {server!r}")
+    if server == "granian":
+        granian_settings()  # its own settings first: a bad one stops here
+        listen_address()
+    preflight()
     if server == "gunicorn":
         beside = os.path.join(os.path.dirname(sys.executable), GUNICORN[0])  # the venv's, when run from one
         # exec, not a child: gunicorn becomes the process the container's init signals

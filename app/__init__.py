@@ -19,14 +19,19 @@ from app.errors import register_error_handlers
 from app.extensions import cors, jwt
 from app.logs import configure_logging
 from app.observability import init_observability
+from app.rate_limits import SCRIPTS as RATE_LIMIT_SCRIPTS
 from app.rate_limits import RateLimits
+from app.redis_client import NoRedis, RedisClient
+from app.revocation.eviction import check_at_start
+from app.revocation.scripts import SCRIPTS as REVOCATION_SCRIPTS
 from app.revocation.store import RevocationStore
+from app.revocation.targets import Lifetimes
 from app.security.jwks import JwksKeySet
 from app.security.tokens import decode_key
 from app.security.verified_tokens import VerifiedTokens
 from app.services import Services, install
 
-__all__ = ["ConfigError", "create_app"]
+__all__ = ["ConfigError", "check_configuration", "create_app"]
 
 
 def create_app(config: Mapping[str, object] | None = None) -> Flask:
@@ -51,15 +56,35 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     return app
 
 
+def check_configuration(config: Mapping[str, object] | None = None) -> Settings:
+    """What a start refuses, checked before a server starts (serve.py): the settings, and in
+    production a Redis that evicts keys (ConfigError, one line)."""
+    settings = load_settings(gather_environment(config), Path(Flask(__name__).instance_path))
+    if settings.is_production:
+        client = RedisClient(settings.redis_target, settings.redis_socket_timeout, {})
+        try:
+            check_at_start(client)
+        finally:
+            client.close()
+    return settings
+
+
 def build_services(settings: Settings) -> Services:
     database = Database(settings)
-    store = RevocationStore(settings, database)
+    try:
+        client = RedisClient(settings.redis_target, settings.redis_socket_timeout,
+                             {**REVOCATION_SCRIPTS, **RATE_LIMIT_SCRIPTS})
+    except NoRedis as error:
+        raise ConfigError(str(error)) from None
+    store = RevocationStore(client, database, key_prefix=settings.redis_key_prefix,
+                            lifetimes=Lifetimes(settings.max_age_seconds, settings.leeway_seconds),
+                            user_claim=settings.user_claim, sync_seconds=settings.revocation_sync_seconds)
     if settings.is_production:
         store.check_eviction_policy()
     keys = JwksKeySet(settings.jwks_url, timeout=settings.jwks_timeout_seconds,
                       cache_seconds=settings.jwks_cache_seconds,
                       min_refetch_seconds=settings.jwks_min_refetch_seconds) if settings.jwks_url else None
-    limits = RateLimits(settings, store) if settings.rate_limits_enabled else None
+    limits = RateLimits(settings, client, store.layout) if settings.rate_limits_enabled else None
     return Services(settings=settings, database=database, store=store, keys=keys,
                     verified_tokens=VerifiedTokens(), rate_limits=limits)
 

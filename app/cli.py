@@ -15,8 +15,9 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from app.errors import ApiError
+from app.revocation.records import Record
 from app.revocation.store import RevocationStore
-from app.security.tokens import claims_for_revocation, is_identifier
+from app.security.tokens import claims_for_revocation, is_identifier, token_digest
 from app.services import services
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -121,7 +122,7 @@ revoke_cli = AppGroup("revoke", help="Revoke tokens (recorded in the audit log a
 REASON = click.option("--reason", default=None, help="Why, for the audit log.")
 
 
-def _revoke(action: Callable[[RevocationStore], dict], *ids: str) -> None:
+def _revoke(action: Callable[[RevocationStore], Record], *ids: str) -> None:
     for value in ids:
         if not is_identifier(value):
             raise click.ClickException("an id is 1-255 printable characters")
@@ -129,7 +130,7 @@ def _revoke(action: Callable[[RevocationStore], dict], *ids: str) -> None:
         record = action(services().store)
     except ApiError as error:
         raise click.ClickException(error.detail) from None
-    click.echo(f"revoked {record['kind']} {record['target']} (until {record['expires_at'].isoformat()})")
+    click.echo(f"revoked {record.kind} {record.target} (until {record.expires_at.isoformat()})")
 
 
 @revoke_cli.command("user")
@@ -158,7 +159,7 @@ def revoke_token(jti_or_token: str, reason: str | None) -> None:
             claims = claims_for_revocation(jti_or_token)
         except ApiError as error:
             raise click.ClickException(error.detail) from None
-        _revoke(lambda store: store.revoke_token(claims, "cli", reason))
+        _revoke(lambda store: store.revoke_token(claims, token_digest(claims), "cli", reason))
     else:
         _revoke(lambda store: store.revoke_jti(jti_or_token, "cli", reason), jti_or_token)
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from app.redis_url import RedisTarget, RedisUrlError, parse_redis_url
+
 ENVIRONMENTS = ("development", "production", "testing")
 SYMMETRIC_ALGORITHMS = frozenset({"HS256"})
 ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "PS256", "RS256"})
@@ -48,6 +50,7 @@ class Settings:
     db_statement_timeout_ms: int
     # Redis
     redis_url: str | None
+    redis_target: RedisTarget | None  # REDIS_URL, parsed (None: the in-process development store)
     redis_socket_timeout: float
     redis_key_prefix: str
     revocation_sync_seconds: float
@@ -206,16 +209,17 @@ def _database(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _redis(env: Mapping[str, str]) -> dict[str, Any]:
-    from app.revocation.topology import check_redis_url
-
     redis_url = env.get("REDIS_URL", "").strip() or None
-    if redis_url is not None:
-        check_redis_url(redis_url)
+    try:
+        redis_target = parse_redis_url(redis_url) if redis_url is not None else None
+    except RedisUrlError as error:
+        raise ConfigError(str(error)) from None
     prefix = env.get("REDIS_KEY_PREFIX", "taskgate:")
     if "{" in prefix or "}" in prefix:
         raise ConfigError("REDIS_KEY_PREFIX must not contain { or } (the keys' own hash tags follow it)")
     return {
         "redis_url": redis_url,
+        "redis_target": redis_target,
         "redis_socket_timeout": _float(env, "REDIS_SOCKET_TIMEOUT", 0.5),
         "redis_key_prefix": prefix,
         "revocation_sync_seconds": _float(env, "REVOCATION_SYNC_SECONDS", 2.0),

@@ -10,6 +10,8 @@ import orjson
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
+from app.metrics import BACKEND_ERRORS
+
 log = logging.getLogger(__name__)
 
 PROBLEM_MIMETYPE = "application/problem+json"
@@ -144,8 +146,6 @@ def _http_exception(error: HTTPException) -> Response:
 def _unexpected(error: Exception) -> Response:
     # Backing-service outages are 503 wherever they surface; anything else is a bug.
     if is_outage(error):
-        from app.observability import BACKEND_ERRORS
-
         BACKEND_ERRORS.labels("redis" if "redis" in type(error).__module__ else "database").inc()
         log.warning("backing service unavailable: %s", type(error).__name__)
         return api_error_response(ServiceUnavailable())

@@ -15,37 +15,16 @@ import time
 from typing import Any
 
 from flask import Flask, Request, Response, g, request
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from app.errors import NotFound, Unauthorized
+from app.metrics import LATENCY, METRICS, REQUESTS, TOKEN_FAILURES, labelled
 
 access_log = logging.getLogger("taskgate.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-REQUESTS = Counter("taskgate_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=None)
-LATENCY = Histogram("taskgate_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
-                    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=None)
-TOKEN_FAILURES = Counter("taskgate_token_failures_total", "Rejected tokens", ["code"], registry=None)
-REVOCATION_CHECKS = Counter("taskgate_revocation_checks_total", "Revocation checks", ["result"], registry=None)
-BACKEND_ERRORS = Counter("taskgate_backend_errors_total", "Database/Redis/JWKS failures", ["backend"],
-                         registry=None)
-METRICS = (REQUESTS, LATENCY, TOKEN_FAILURES, REVOCATION_CHECKS, BACKEND_ERRORS)
-
-
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_labelled: dict[tuple, Any] = {}
-
-
-def labelled(metric: Any, *labels: str) -> Any:
-    """`metric.labels(*labels)`, looked up once: `labels()` is costly on the hot path."""
-    key = (metric, labels)
-    child = _labelled.get(key)
-    if child is None:
-        child = _labelled[key] = metric.labels(*labels)
-    return child
-
-
 def _new_request_id() -> str:
     return os.urandom(16).hex()  # 32 hex digits, as uuid4().hex, without building a UUID
 

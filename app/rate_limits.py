@@ -4,10 +4,9 @@ missing authentication. Off in tests unless turned on.
 
 Limits are written like "600/minute" (parsed by the `limits` library). A window is one Redis
 counter: `<prefix>rl:<scope>:<limit>:<id>:<window number>`, and a user's in the user's
-revocation bucket (app.revocation.keys). The per-user count is taken by the
-revocation check itself (app.revocation.scripts.CHECK), and only for a token that is not
-revoked, so an authenticated request costs one Redis command in all and a revoked token never
-spends its owner's quota. Redis unreachable means 503, as for revocations: fail closed.
+revocation bucket (app.revocation.layout), where the revocation check counts it, and only for
+a token that is not revoked (ARCHITECTURE.md, "The per-request check"). Redis unreachable
+means 503, as for revocations: fail closed.
 """
 
 from __future__ import annotations
@@ -20,7 +19,16 @@ from limits import RateLimitItem, parse
 
 from app.config import Settings
 from app.errors import ApiError
-from app.revocation.store import RevocationStore
+from app.redis_client import RedisClient, ScriptCall, fail_closed
+from app.revocation.layout import Layout
+
+# One request counted in a fixed window.  KEYS: counter.  ARGV: ttl.  Returns the count.
+COUNT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+SCRIPTS = {"count": COUNT}
 
 
 class RateLimited(ApiError):
@@ -61,8 +69,8 @@ class Window:
 
 
 class RateLimits:
-    def __init__(self, settings: Settings, store: RevocationStore) -> None:
-        self.store = store  # its Redis and its fail-closed error handling
+    def __init__(self, settings: Settings, client: RedisClient, layout: Layout) -> None:
+        self.client, self.layout = client, layout
         self.user = parse(settings.rate_limit_user)
         self.ip = parse(settings.rate_limit_ip)
         self.auth_failures = parse(settings.rate_limit_auth_failures)
@@ -78,12 +86,14 @@ class RateLimits:
         """In the user's revocation bucket: the revocation check counts it (app.revocation.keys)."""
         seconds = self.user.get_expiry()
         number = int((time.time() if now is None else now) // seconds)
-        return Window(self.store.keys.user_counter(user_id, f"{self.user.amount}/{seconds}:{number}"),
+        return Window(self.layout.user_counter(user_id, f"{self.user.amount}/{seconds}:{number}"),
                       self.user.amount, seconds, (number + 1) * seconds, "user")
 
     def hit(self, window: Window) -> dict[str, str]:
         """Count one request on its own, and refuse it past the limit; its RateLimit headers."""
-        return window.enforce(self.store.count(window.key, window.ttl))
+        with fail_closed():
+            count = int(self.client.run(ScriptCall("count", [window.key], [window.ttl])))
+        return window.enforce(count)
 
     def anonymous_request(self, address: str | None) -> dict[str, str]:
         return self.hit(self.window(self.ip, "ip", address or "unknown"))

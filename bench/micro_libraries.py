@@ -96,14 +96,14 @@ def main() -> None:
         # The CHECK script exactly as a /auth/me request sends it, captured from one request.
         token = mint_token(secret, "bench-user", ttl=3600)
         sent: list = []
-        send = found.store.redis.run_together
-        found.store.redis.run_together = lambda calls: sent.append(calls[0]) or send(calls)
+        send = found.store.client.run_together
+        found.store.client.run_together = lambda calls: sent.append(calls[0]) or send(calls)
         call(app, environ("GET", "/api/v1/auth/me", token), 200)
-        del found.store.redis.run_together
+        del found.store.client.run_together
         check = sent[0]
         command = ("EVALSHA", hashlib.sha1(SCRIPTS["check"].encode()).hexdigest(),  # noqa: S324 - Redis's name
                    len(check.keys), *check.keys, *check.args)
-        client = found.store.redis.client
+        client = found.store.client.client
         pool = client.connection_pool
 
         def pooled_connection() -> object:

@@ -30,7 +30,7 @@ import psycopg  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.errors import ApiError  # noqa: E402
-from app.revocation.keys import BUCKETS, bucket_of  # noqa: E402
+from app.revocation.layout import BUCKETS, bucket_of  # noqa: E402
 from app.security.tokens import principal_from_claims  # noqa: E402
 from app.services import services  # noqa: E402
 from bench.run import PG_ADMIN_URL  # noqa: E402
@@ -90,7 +90,7 @@ def main() -> None:
                               "BETTER_AUTH_SECRET": secrets.token_urlsafe(48), "LOG_LEVEL": "WARNING",
                               "METRICS_TOKEN": secrets.token_urlsafe(24)})
             found = services(app)
-            store, client = found.store, found.store.redis.client
+            store, client = found.store, found.store.client.client
             now = int(time.time())
             claims = {"sub": "someone", "iat": now, "exp": now + 600, "jti": revoked_jti}
             principal = principal_from_claims(claims, found.settings)

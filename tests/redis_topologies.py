@@ -198,11 +198,12 @@ class PersistentRedis(_Topology):
     puts that dump back (replacing any AOF, which Redis would otherwise load instead) and starts it
     on the same port: Redis comes back exactly as old as the snapshot, with its AOF setting intact."""
 
-    def __init__(self, appendfsync: str | None = None) -> None:
+    def __init__(self, appendfsync: str | None = None, config: dict[str, str | list[str]] | None = None) -> None:
         if appendfsync not in (None, "everysec", "always", "no"):
             raise ValueError(f"appendfsync must be everysec, always or no, not {appendfsync!r}")
         super().__init__("persistent")
         self.appendfsync = appendfsync
+        self.extra_config = config or {}
         self.node: RedisNode | None = None
         self._snapshots = 0
 
@@ -211,6 +212,8 @@ class PersistentRedis(_Topology):
             # Only explicit SAVEs write the dump, so a snapshot is exactly what the test asked for.
             "save": "", "dbfilename": "dump.rdb", "maxmemory-policy": "noeviction",
             "appendonly": "yes" if self.appendfsync else "no", "appenddirname": "appendonlydir",
+            # DEBUG RELOAD: a rollback to the last SAVE under live connections.
+            "enable-debug-command": "local", **self.extra_config,
         }
         if self.appendfsync:
             config["appendfsync"] = self.appendfsync
@@ -247,6 +250,11 @@ class PersistentRedis(_Topology):
         copy = self.root / f"snapshot-{self._snapshots}.rdb"
         shutil.copyfile(self.dump_file, copy)
         return copy
+
+    def roll_back(self) -> None:
+        """Back to the last SAVE in place (DEBUG RELOAD NOSAVE): every client keeps its
+        connection, as behind a proxy that hides a failover to an older replica."""
+        self.node.call("DEBUG", "RELOAD", "NOSAVE")
 
     def restart_from(self, snapshot: Path) -> None:
         """SIGKILL the server, put `snapshot` back as its dump, start it again on the same port."""

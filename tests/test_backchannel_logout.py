@@ -166,7 +166,7 @@ def test_the_store_down_is_a_503_so_the_sender_retries(client, app, monkeypatch)
     def down(*_args, **_kwargs):
         raise RedisConnectionError("Redis went away")
 
-    monkeypatch.setattr(store.redis.client, "exists", down)
+    monkeypatch.setattr(store.client.client, "exists", down)
     response = send(client, logout_token())
     assert response.status_code == 503 and response.get_json()["code"] == "service_unavailable"
     assert audit(app) == []

@@ -10,8 +10,9 @@ import pytest
 import sqlalchemy as sa
 from redis.exceptions import ResponseError
 
-from app.revocation.keys import BUCKETS
-from app.revocation.store import RevocationTarget
+from app.revocation import layout
+from app.revocation.layout import BUCKETS, bucket_of
+from app.revocation.targets import RevocationTarget
 from app.services import services
 from tests.conftest import SECRET, bearer, encode
 
@@ -29,6 +30,11 @@ def admin(as_user):
 def status(client, token: str, path: str = "/api/v1/auth/me") -> int | str:
     response = client.get(path, headers=bearer(token))
     return 200 if response.status_code == 200 else response.get_json()["code"]
+
+
+def stored(store, owner: str, field: str) -> str | None:
+    """One field of the bucket hash `owner` belongs to."""
+    return store.client.client.hget(store.layout.bucket(bucket_of(owner)), field)
 
 
 def audit_rows(app) -> list[dict]:
@@ -91,7 +97,7 @@ def test_a_later_cutoff_is_never_lowered(store):
     earlier = RevocationTarget("user", "alice", now + 1000, "alice", cutoff=now - 1000)
     store.revoke(later, "test", None)
     store.revoke(earlier, "test", None)
-    assert float(store.redis.client.get(store.keys.cutoff("alice"))) == pytest.approx(now)
+    assert float(stored(store, "alice", layout.cutoff_field("alice")).split()[1]) == pytest.approx(now)
 
 
 def test_admin_revokes_a_session(client, make_token, admin):
@@ -149,9 +155,9 @@ def test_entries_expire_with_the_last_token_they_affect(client, store, make_toke
     now = int(time.time())
     token = make_token("alice", jti="short", iat=now, exp=now + 120)
     client.post("/api/v1/auth/logout", headers=bearer(token))
-    assert 120 <= store.redis.client.ttl(store.keys.jti("short")) <= 120 + 31
+    assert 120 <= float(stored(store, "short", layout.jti_field("short"))) - now <= 120 + 31
     client.post("/api/v1/admin/users/alice/revoke", headers=admin)
-    assert store.redis.client.ttl(store.keys.cutoff("alice")) >= 604800
+    assert float(stored(store, "alice", layout.cutoff_field("alice")).split()[0]) - now >= 604800
 
 
 def test_denylist_is_rebuilt_after_redis_loses_its_data(client, app, store, make_token, admin):
@@ -161,26 +167,26 @@ def test_denylist_is_rebuilt_after_redis_loses_its_data(client, app, store, make
     client.post("/api/v1/auth/logout", headers=bearer(logged_out))
     client.post("/api/v1/admin/sessions/s-1/revoke", headers=admin)
     client.post("/api/v1/admin/users/bob/revoke", headers=admin)
-    store.redis.client.flushall()
+    store.client.client.flushall()
     assert status(client, logged_out) == "token_revoked"
     assert status(client, old_session) == "token_revoked"
     assert status(client, old_user) == "token_revoked"
     assert status(client, make_token("bob", iat=now + 2)) == 200
-    assert all(store.redis.get_many([store.keys.state(b) for b in range(BUCKETS)]))
+    assert all(store.client.hget_many([store.layout.bucket(b) for b in range(BUCKETS)], "state"))
 
 
 def test_a_redis_write_that_fails_after_the_commit_is_a_503_and_the_next_request_repairs_it(
         client, app, store, make_token, monkeypatch):
     token = make_token("alice")
     assert status(client, token) == 200
-    real_run = store.redis.run
+    real_run = store.client.run
 
     def refuse_applies(call):
         if call.script == "apply":
             raise ResponseError("OOM command not allowed when used memory > 'maxmemory'")
         return real_run(call)
 
-    monkeypatch.setattr(store.redis, "run", refuse_applies)
+    monkeypatch.setattr(store.client, "run", refuse_applies)
     response = client.post("/api/v1/auth/logout", headers=bearer(token))
     assert response.status_code == 503 and response.get_json()["code"] == "service_unavailable"
     assert [row["kind"] for row in audit_rows(app)] == ["jti"]  # committed first
@@ -197,7 +203,7 @@ def test_a_commit_that_fails_leaves_no_row_and_no_denial(client, app, store, mak
     def refuse(*_args, **_kwargs):
         raise OperationalError("INSERT", {}, Exception("the database went away"))
 
-    monkeypatch.setattr(store.database, "rows", refuse)
+    monkeypatch.setattr(store.records.database, "rows", refuse)
     assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 503
     monkeypatch.undo()
     assert audit_rows(app) == []
@@ -222,8 +228,6 @@ def test_cli_revocations_are_recorded_as_the_cli(app, client, make_token):
 
 
 def test_prune_deletes_what_can_no_longer_matter_and_keeps_each_bucket_sequence(app, client, store, make_token):
-    from app.revocation.keys import bucket_of
-
     now = time.time()
     old = [RevocationTarget("jti", f"old-{n}", now - 40 * 86400, "alice") for n in range(3)]
     for target in old:
@@ -243,5 +247,5 @@ def test_prune_deletes_what_can_no_longer_matter_and_keeps_each_bucket_sequence(
         assert (target.value in remaining) is kept
     assert {"recent-expired", "live"} <= remaining
     assert f"deleted {3 - sum(t.value in remaining for t in old)} " in result.output
-    next_one = store.revoke_jti(f"after-prune-{recent['bucket']}", "test")
-    assert next_one["seq"] > 0 and status(client, live) == "token_revoked"
+    next_one = store.revoke_jti(f"after-prune-{recent.bucket}", "test")
+    assert next_one.seq > 0 and status(client, live) == "token_revoked"

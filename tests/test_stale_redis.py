@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.revocation.keys import bucket_of
+from app.revocation.layout import bucket_of
 from tests.conftest import bearer
 from tests.redis_topologies import PersistentRedis
 from tests.services import require_redis

@@ -56,7 +56,8 @@ def test_a_cached_token_is_still_checked_for_revocation(client, make_token, as_u
 def test_the_cache_is_bounded_and_entries_have_a_lifetime(tmp_path):
     cache = VerifiedTokens(size=2, ttl=10)
     settings = load_settings({"APP_ENV": "testing", "BETTER_AUTH_SECRET": "x" * 40}, tmp_path)
-    principal = Principal("u", None, None, None, False, None, None, 1000.0, 5000.0, {})
+    principal = Principal(user_id="u", subject="u", email=None, name=None, role=None, is_admin=False, jti=None,
+                          sid=None, iat=1000.0, exp=5000.0, claims={})
     for token in ("a", "b", "c"):
         cache.put(token, principal, 1000.0)
     assert cache.get("a", settings, 1001.0) is None  # evicted, least recently used

@@ -1,61 +1,72 @@
-"""The Lua scripts the revocation store runs in Redis (one EVALSHA each, atomic there).
-
-Each touches only the keys it is given, so on Redis Cluster it runs where they live when
-they share a bucket (app.revocation.keys); where a time is compared, it is Redis's own
-clock (TIME), the one every app instance shares.
+"""The Lua scripts the revocation store runs in Redis, one EVALSHA each, atomic there
+(ARCHITECTURE.md, "The revocation model"). Each touches only the keys it is given: one bucket's
+hash (and, for CHECK, the user's rate counter, in the same slot). Times compared are Redis's
+own clock (TIME), the one every instance shares. app.revocation.replies reads their replies.
 """
 
 # Is this token revoked? Only if it is not: count it against its user's rate limit, and, when
 # it was issued ahead of Redis's clock (an issuer clock running fast, within the leeway),
-# remember it by name: a user revocation made before its `iat` must still cover it, without
-# moving the user's cutoff (which would refuse the next tokens of issuers whose clocks are right).
-# KEYS: the state key of each bucket read; the keys that deny the token when present; with a
-#       user part: the user's cutoff, tokens ahead, tokens skewed and cutoff for tokens without
-#       a sid; with a count: the counter
-# ARGV: number of state keys, number of deny keys, "1" with a user part, iat, the token's name
-#       (jti:... or tok:...), its last valid time, seconds until then, counter ttl ("" = none),
-#       "1" when the token carries a sid
-# Returns {0, i} when state key i is missing (that bucket lost its data), else
-#         {1, revoked (0/1), count, state 1, state 2, ...}.
+# remember it by name, so that a user revocation made before its `iat` still covers it.
+# KEYS: the hash of each bucket asked; when counting, the user's counter.
+# ARGV: number of buckets, position of the user's bucket among them (0: none), iat, the token's
+#       name, its last valid time, the counter's ttl ('' = no count), '1' when the token has a
+#       sid, the user's covered-by-name field, the user's ahead field; then per bucket: its
+#       numbers of deny fields (present: revoked), cutoff fields (iat at or before: revoked) and
+#       sidless cutoff fields (the same, for a token without a sid), then those fields.
+# Returns {0, i} when bucket i has no state (Redis lost it), else {1, revoked, count, states...}.
 CHECK = """
-local n_state, n_deny = tonumber(ARGV[1]), tonumber(ARGV[2])
-local reply = {1, 0, 0}
-for i = 1, n_state do
-  local state = redis.call('GET', KEYS[i])
-  if not state then return {0, i} end
-  reply[#reply + 1] = state
-end
-local revoked = false
-for i = n_state + 1, n_state + n_deny do
-  if redis.call('EXISTS', KEYS[i]) == 1 then revoked = true end
-end
-local k = n_state + n_deny
-local iat = tonumber(ARGV[4])
-local user = ARGV[3] == '1'
-if user then
-  local cutoff = redis.call('GET', KEYS[k + 1])
-  if cutoff and iat <= tonumber(cutoff) then revoked = true end
-  if redis.call('ZSCORE', KEYS[k + 3], ARGV[5]) then revoked = true end
-  if ARGV[9] ~= '1' then
-    local sidless = redis.call('GET', KEYS[k + 4])
-    if sidless and iat <= tonumber(sidless) then revoked = true end
+local nb, user_at, iat = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local reply, revoked, a = {1, 0, 0}, false, 10
+local ahead_key, ahead
+for i = 1, nb do
+  local nd, nc, ns = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local fields = {'state'}
+  for j = 0, nd + nc + ns - 1 do fields[j + 2] = ARGV[a + j] end
+  a = a + nd + nc + ns
+  if i == user_at then
+    fields[#fields + 1] = ARGV[8]
+    fields[#fields + 1] = ARGV[9]
+  end
+  local values = redis.call('HMGET', KEYS[i], unpack(fields))
+  if not values[1] then return {0, i} end
+  reply[#reply + 1] = values[1]
+  for j = 2, nd + nc + ns + 1 do
+    local value = values[j]
+    if value then
+      if j <= nd + 1 then
+        revoked = true
+      elseif (j <= nd + nc + 1 or ARGV[7] ~= '1') and iat <= tonumber(string.match(value, ' (%S+)$')) then
+        revoked = true
+      end
+    end
+  end
+  if i == user_at then
+    if values[nd + nc + ns + 2] then revoked = true end
+    ahead_key, ahead = KEYS[i], values[nd + nc + ns + 3]
   end
 end
 if revoked then
   reply[2] = 1
   return reply
 end
-if user then
+if ahead_key then
   local clock = redis.call('TIME')
   if iat > tonumber(clock[1]) + tonumber(clock[2]) / 1000000 then
-    redis.call('ZADD', KEYS[k + 2], ARGV[6], ARGV[5])
-    if redis.call('TTL', KEYS[k + 2]) < tonumber(ARGV[7]) then redis.call('EXPIRE', KEYS[k + 2], ARGV[7]) end
+    local name, last_valid = ARGV[4], tonumber(ARGV[5])
+    if not ahead then
+      redis.call('HSET', ahead_key, ARGV[9], ARGV[5] .. '\\n' .. name .. '\\t' .. ARGV[5])
+    elseif not string.find(ahead, '\\n' .. name .. '\\t', 1, true) then
+      local latest = math.max(tonumber(string.match(ahead, '^(%S+)')), last_valid)
+      local rest = string.match(ahead, '^%S+(.*)$')
+      redis.call('HSET', ahead_key, ARGV[9],
+                 string.format('%.6f', latest) .. rest .. '\\n' .. name .. '\\t' .. ARGV[5])
+    end
   end
-  k = k + 4
 end
-if ARGV[8] ~= '' then
-  local count = redis.call('INCR', KEYS[k + 1])
-  if count == 1 then redis.call('EXPIRE', KEYS[k + 1], ARGV[8]) end
+if ARGV[6] ~= '' then
+  local count = redis.call('INCR', KEYS[nb + 1])
+  if count == 1 then redis.call('EXPIRE', KEYS[nb + 1], ARGV[6]) end
   reply[3] = count
 end
 return reply
@@ -63,73 +74,116 @@ return reply
 
 # What a user revocation covers: every token issued up to Redis's clock now (the cutoff), and,
 # by name, every token still valid that was accepted with an `iat` ahead of it.
-# KEYS: the user's tokens ahead.
+# KEYS: the user's bucket.  ARGV: the user's ahead field.
 # Returns {cutoff, name, last valid time, name, last valid time, ...} (times as strings).
 USER_CUTOFF = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local reply = {string.format('%.6f', now)}
-for _, value in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')) do reply[#reply + 1] = value end
+local ahead = redis.call('HGET', KEYS[1], ARGV[1])
+if ahead then
+  for name, last_valid in string.gmatch(ahead, '\\n([^\\t\\n]+)\\t([^\\n]+)') do
+    if tonumber(last_valid) > now then
+      reply[#reply + 1] = name
+      reply[#reply + 1] = last_valid
+    end
+  end
+end
 return reply
 """
 
 # Apply revocations of one bucket.
-# KEYS: the bucket's state key, then one key per entry.
-# ARGV: mode, from, to, then per entry its op and its arguments:
-#       s ttl               SET key 1 (a token, a jti, a session)
-#       m value ttl         SET key value unless it holds a greater one (a user's cutoffs)
-#       z member score ttl  ZADD key score member (a token a user revocation covers by name)
+# KEYS: the bucket's hash.
+# ARGV: mode, from, to, then entries of three: op, field, value. Every value starts with the
+#       time after which it denies nothing.
+#   d  a denial (a jti, a session, a token, a token covered by name): the later expiry is kept
+#   c  a cutoff ("expiry cutoff"): the later cutoff and the later expiry are kept
+#   l  the log entry of one revocation ("expiry record"): a different entry under the same
+#      name is a conflict (the table gave a sequence Redis already holds to another revocation)
 # Modes:
-#   ordered  the entries are every live revocation with a sequence in (from, to]: applied when
-#            the state is `from`, which then becomes `to`. Returns {0, state} when applied or
-#            already there, {2, state} when the state is behind `from` (the caller fills the
-#            gap first), {1} when the state is missing (applied anyway: effective at once; the
-#            bucket is rebuilt before anyone trusts it again).
-#   load     applied whatever the state (a rebuild, under the bucket's repair lock). Returns {0}.
-#   seal     no entries: the state becomes `to` (the rebuild is complete). Returns {0}.
+#   ordered  the entries are every live revocation with a sequence in (from, to]. They are
+#            written whatever the state (a revocation is enforced at once), and the state moves
+#            to `to` when it is at least `from`.
+#            Returns {0, state} applied (or already there), {1, ''} no state (Redis lost the
+#            bucket), {2, state} behind `from` (the caller repairs the gap); followed by the
+#            field and Redis's own entry of the first conflicting log entry, if any.
+#   load     the entries written, the state untouched (a rebuild, under the bucket's repair lock).
+#   seal     no entries: the state becomes `to` unless it is ahead.
 APPLY = """
 local mode = ARGV[1]
-local state = redis.call('GET', KEYS[1])
+local key = KEYS[1]
 if mode == 'seal' then
-  redis.call('SET', KEYS[1], ARGV[3])
-  return {0}
+  local state = redis.call('HGET', key, 'state')
+  if not state or tonumber(state) < tonumber(ARGV[3]) then redis.call('HSET', key, 'state', ARGV[3]) end
+  return {0, redis.call('HGET', key, 'state')}
 end
-if mode == 'ordered' and state then
-  if tonumber(state) >= tonumber(ARGV[3]) then return {0, state} end
-  if tonumber(state) ~= tonumber(ARGV[2]) then return {2, state} end
-end
-local a = 4
-for i = 2, #KEYS do
-  local op = ARGV[a]
-  if op == 's' then
-    redis.call('SET', KEYS[i], '1', 'EX', ARGV[a + 1])
-    a = a + 2
-  elseif op == 'm' then
-    local current = redis.call('GET', KEYS[i])
-    if not current or tonumber(current) < tonumber(ARGV[a + 1]) then
-      redis.call('SET', KEYS[i], ARGV[a + 1], 'EX', ARGV[a + 2])
+local conflict
+for i = 4, #ARGV, 3 do
+  local op, field, value = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local current = redis.call('HGET', key, field)
+  if op == 'l' then
+    if not current then
+      redis.call('HSET', key, field, value)
+    elseif current ~= value and mode == 'ordered' and not conflict then
+      conflict = {field, current}
     end
-    a = a + 3
+  elseif op == 'd' then
+    if not current or tonumber(string.match(current, '^(%S+)')) < tonumber(value) then
+      redis.call('HSET', key, field, value)
+    end
   else
-    redis.call('ZADD', KEYS[i], ARGV[a + 2], ARGV[a + 1])
-    if redis.call('TTL', KEYS[i]) < tonumber(ARGV[a + 3]) then redis.call('EXPIRE', KEYS[i], ARGV[a + 3]) end
-    a = a + 4
+    if not current then
+      redis.call('HSET', key, field, value)
+    else
+      local e1, c1 = string.match(current, '^(%S+) (%S+)$')
+      local e2, c2 = string.match(value, '^(%S+) (%S+)$')
+      if tonumber(e1) < tonumber(e2) then e1 = e2 end
+      if tonumber(c1) < tonumber(c2) then c1 = c2 end
+      redis.call('HSET', key, field, e1 .. ' ' .. c1)
+    end
   end
 end
-if mode == 'ordered' then
-  if not state then return {1} end
-  redis.call('SET', KEYS[1], ARGV[3])
-  return {0, ARGV[3]}
+if mode ~= 'ordered' then return {0} end
+local state = redis.call('HGET', key, 'state')
+local reply
+if not state then
+  reply = {1, ''}
+elseif tonumber(state) < tonumber(ARGV[2]) then
+  reply = {2, state}
+else
+  if tonumber(state) < tonumber(ARGV[3]) then
+    redis.call('HSET', key, 'state', ARGV[3])
+    state = ARGV[3]
+  end
+  reply = {0, state}
 end
-return {0}
+if conflict then
+  reply[3], reply[4] = conflict[1], conflict[2]
+end
+return reply
 """
 
-# One request counted in a fixed window.  KEYS: counter.  ARGV: ttl.  Returns the count.
-COUNT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return count
+# Delete, from one bucket, fields that can deny nothing any more: a step of HSCAN from where the
+# last sweep stopped (the `sweep` field).  KEYS: the bucket.  ARGV: fields per step, a time:
+# entries whose expiry is before it go.  Returns the number deleted.
+SWEEP = """
+local key = KEYS[1]
+if redis.call('HEXISTS', key, 'state') == 0 then return 0 end
+local cursor = redis.call('HGET', key, 'sweep') or '0'
+local result = redis.call('HSCAN', key, cursor, 'COUNT', ARGV[1])
+local before, deleted = tonumber(ARGV[2]), 0
+local entries = result[2]
+for i = 1, #entries, 2 do
+  local field = entries[i]
+  if field ~= 'state' and field ~= 'sweep' then
+    local expiry = tonumber(string.match(entries[i + 1], '^(%S+)'))
+    if expiry and expiry < before then
+      deleted = deleted + redis.call('HDEL', key, field)
+    end
+  end
+end
+redis.call('HSET', key, 'sweep', result[1])
+return deleted
 """
 
 # A bucket's repair lock, released only by its holder.  KEYS: lock.  ARGV: holder.
@@ -138,4 +192,4 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-SCRIPTS = {"check": CHECK, "user_cutoff": USER_CUTOFF, "apply": APPLY, "count": COUNT, "release": RELEASE}
+SCRIPTS = {"check": CHECK, "user_cutoff": USER_CUTOFF, "apply": APPLY, "sweep": SWEEP, "release": RELEASE}

@@ -22,7 +22,7 @@ from typing import Any
 from jwt import PyJWK
 
 from app.errors import ServiceUnavailable, TokenRejected
-from app.observability import BACKEND_ERRORS
+from app.metrics import BACKEND_ERRORS
 
 log = logging.getLogger(__name__)
 MAX_JWKS_BYTES = 1 << 20

@@ -56,6 +56,7 @@ class Principal:
     """The caller, as established by a verified token."""
 
     user_id: str
+    subject: str  # `sub` (a back-channel logout names it, whatever JWT_USER_CLAIM is)
     email: str | None
     name: str | None
     role: str | None
@@ -244,6 +245,7 @@ def principal_from_claims(claims: dict[str, Any], settings: Settings, key_id: st
     names = role_names(role)
     return Principal(
         user_id=user_id,
+        subject=claims["sub"],
         email=_text(claims.get("email")),
         name=_text(claims.get("name")),
         role=_text(role) if isinstance(role, str) else (",".join(names) or None),

@@ -17,7 +17,7 @@ from app.schemas import (
     UserPath,
     UserRevoked,
 )
-from app.security.tokens import Principal, claims_for_revocation
+from app.security.tokens import Principal, claims_for_revocation, token_digest
 from app.services import services
 
 bp = Blueprint("admin", __name__)
@@ -34,7 +34,7 @@ def _actor(principal: Principal) -> str:
           body=RevokeRequest, body_required=False, response=UserRevoked)
 def revoke_user(principal: Principal, path: UserPath, body: RevokeRequest):
     record = services().store.revoke_user(path.user_id, _actor(principal), body.reason)
-    return json_response({"user_id": path.user_id, "revoked_before": record["cutoff"]})
+    return json_response({"user_id": path.user_id, "revoked_before": record.cutoff})
 
 
 @bp.post("/api/v1/admin/sessions/<id:sid>/revoke", merge_slashes=False)
@@ -53,8 +53,9 @@ def revoke_token(principal: Principal, body: RevokeTokenRequest):
     if body.jti is not None:
         record = store.revoke_jti(body.jti, _actor(principal), body.reason)
     else:
-        record = store.revoke_token(claims_for_revocation(body.token), _actor(principal), body.reason)
-    return json_response({"revoked": record["kind"], "target": record["target"]})
+        claims = claims_for_revocation(body.token)
+        record = store.revoke_token(claims, token_digest(claims), _actor(principal), body.reason)
+    return json_response({"revoked": record.kind, "target": record.target})
 
 
 @bp.get("/api/v1/admin/revocations")

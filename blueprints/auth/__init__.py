@@ -47,7 +47,7 @@ def logout(principal: Principal, body: LogoutRequest):
     if body.everywhere:
         store.revoke_user(principal.user_id, actor, "logout everywhere")
     else:
-        store.revoke_token(principal.claims, actor, "logout")
+        store.revoke_token(principal.claims, principal.token_digest, actor, "logout")
     return Response(status=204)
 
 

@@ -145,12 +145,12 @@ def test_a_redis_write_refused_after_the_commit_is_a_503_and_is_repaired_on_ever
 
         admin = redis.Redis.from_url(private_redis.url)
         assert me(servers[0], token) == 200 and me(servers[1], token) == 200
-        admin.execute_command("ACL", "SETUSER", "default", "-set")  # checks still run; writing a denial fails
+        admin.execute_command("ACL", "SETUSER", "default", "-hset")  # checks still run; writing a denial fails
         try:
             response = requests.post(f"{servers[0].url}/api/v1/auth/logout", headers=bearer(token), timeout=10)
             assert response.status_code == 503 and response.json()["code"] == "service_unavailable"
         finally:
-            admin.execute_command("ACL", "SETUSER", "default", "+set")
+            admin.execute_command("ACL", "SETUSER", "default", "+hset")
         # The worker that committed it applies it again within 0.2 s; any other worker or
         # instance learns of it from the table within REVOCATION_SYNC_SECONDS anyway.
         time.sleep(0.5)

@@ -1,0 +1,202 @@
+"""Redis as a copy of the audit table, kept honest both ways (ARCHITECTURE.md, "Knowing Redis
+is current"): `verify` compares every bucket with the table, `repair` brings one bucket level
+with the table (and the table level with Redis, when the table came back older), `sync` is the
+periodic look at the table, the eviction count and the sweeper.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from app.errors import ServiceUnavailable
+from app.metrics import REVOCATION_REPAIRS, REVOCATIONS_LOST, labelled
+from app.redis_client import RedisClient, ScriptCall
+from app.revocation import entries
+from app.revocation.eviction import EvictionWatch, read_memory
+from app.revocation.floors import Epochs, Floors
+from app.revocation.layout import BUCKETS, STATE, Layout, log_field
+from app.revocation.records import PAGE, Record, Records
+from app.revocation.replies import Applied, ApplyReply, apply_reply
+from app.revocation.targets import RevocationTarget
+
+log = logging.getLogger(__name__)
+LOCK_MS = 60_000  # a repair's lock lives at most this long (its holder may die)
+LOCK_WAIT_SECONDS = 0.5  # how long a request waits for another's repair before a 503
+REPAIR_THREADS = 4  # buckets repaired at once (their reads, Python and Redis overlap)
+SWEEP_FIELDS = 500  # fields a sweep step looks at
+SWEEP_GRACE_SECONDS = 3600  # an entry is swept this long after its expiry (clocks may disagree)
+RESTORING = "The revocation list is being restored; try again shortly."
+
+
+class Replica:
+    def __init__(self, client: RedisClient, layout: Layout, records: Records, floors: Floors,
+                 epochs: Epochs) -> None:
+        self.client, self.layout, self.records = client, layout, records
+        self.floors, self.epochs = floors, epochs
+        self.eviction = EvictionWatch()
+        self._verifying = threading.Lock()
+        self._next_sweep = 0
+
+    # --- applying ---------------------------------------------------------------------
+
+    def apply(self, bucket: int, records: Sequence[Record], mode: str, after: int = 0, to: int = 0) -> ApplyReply:
+        args = [mode, after, to, *entries.apply_args(records, time.time())]
+        return apply_reply(self.client.run(ScriptCall("apply", [self.layout.bucket(bucket)], args)))
+
+    def state(self, bucket: int) -> int | None:
+        state = self.client.client.hget(self.layout.bucket(bucket), STATE)
+        return None if state is None else int(state)
+
+    # --- every bucket -------------------------------------------------------------------
+
+    def verify(self, wait: float = -1) -> None:
+        """Every bucket against the table: missing, behind, or ahead of it (the table came back
+        older), it is repaired; then Redis is trusted up to the epoch this verification began in.
+        `wait`: how long to wait for a verification under way in another thread (-1: as long as it takes)."""
+        if not self._verifying.acquire(timeout=wait):
+            raise ServiceUnavailable(RESTORING)
+        try:
+            self.client.ping()  # a connection to read with, opened before the epoch is read
+            epoch = self.epochs.start()
+            # Redis first, then the table: a state above the table's top is then never a race
+            # (a revocation is committed before Redis hears of it).
+            states = self.client.hget_many([self.layout.bucket(b) for b in range(BUCKETS)], STATE)
+            tops = self.records.tops()
+            self.floors.raise_all(tops)
+            wrong = [bucket for bucket, state in enumerate(states)
+                     if state is None or not self.floors[bucket] <= int(state) <= tops[bucket]]
+            if len(wrong) > 1:
+                with ThreadPoolExecutor(min(REPAIR_THREADS, len(wrong)), thread_name_prefix="repair") as pool:
+                    list(pool.map(self.repair, wrong))
+            elif wrong:
+                self.repair(wrong[0])
+            self.epochs.verified(epoch)
+        finally:
+            self._verifying.release()
+
+    def sync(self) -> None:
+        """The periodic look: the table's tops (a table below a floor came back older: given back
+        what Redis holds), the eviction count (keys evicted: verify everything), one sweep step.
+        Skipped while a verification runs."""
+        if not self._verifying.acquire(blocking=False):
+            return
+        try:
+            tops = self.records.tops()
+            older = [bucket for bucket, top in enumerate(tops) if top < self.floors[bucket]]
+            self.floors.raise_all(tops)
+            if not self.client.in_process and self.eviction.changed(read_memory(self.client)):
+                self.epochs.bump()
+            self._sweep()
+        finally:
+            self._verifying.release()
+        for bucket in older:
+            log.error("the database holds fewer revocations than this instance has seen: it came back older",
+                      extra={"fields": {"bucket": bucket}})
+            self.repair(bucket)
+
+    def _sweep(self) -> None:
+        bucket, self._next_sweep = self._next_sweep, (self._next_sweep + 1) % BUCKETS
+        self.client.run(ScriptCall("sweep", [self.layout.bucket(bucket)],
+                                   [SWEEP_FIELDS, time.time() - SWEEP_GRACE_SECONDS]))
+
+    # --- one bucket -----------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self, bucket: int) -> Iterator[None]:
+        lock, holder = self.layout.repair_lock(bucket), uuid.uuid4().hex
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while not self.client.client.set(lock, holder, nx=True, px=LOCK_MS):
+            if time.monotonic() > deadline:
+                raise ServiceUnavailable(RESTORING)
+            time.sleep(0.01)
+        try:
+            yield
+        finally:
+            self.client.run(ScriptCall("release", [lock], [holder]))
+
+    def repair(self, bucket: int) -> None:
+        """Bring the bucket and the table level with each other, under the bucket's repair lock:
+        the table first given what only Redis holds, then Redis what only the table holds, up to
+        the highest sequence known to exist."""
+        with self._locked(bucket):
+            state, top = self.state(bucket), self.records.top(bucket)
+            if state is not None and state > top:
+                self._write_back(bucket, top, state)
+                top = state
+            if state is None:
+                self._rebuild(bucket, top)
+                state = top
+            target = max(top, self.floors[bucket])
+            if state < target:
+                self._catch_up(bucket, state, target)
+                if target > top:
+                    self._lost(bucket, top, target)
+            self.floors.raise_to(bucket, max(state, target))
+
+    def _write_back(self, bucket: int, top: int, state: int) -> None:
+        """The table lost revocations (top, state] that Redis holds: written back from the bucket's log."""
+        restored = 0
+        for first in range(top + 1, state + 1, PAGE):
+            seqs = range(first, min(first + PAGE, state + 1))
+            logged = self.client.client.hmget(self.layout.bucket(bucket), [log_field(seq) for seq in seqs])
+            restored += self.records.restore([entries.from_log_entry(entry, bucket, seq)
+                                              for seq, entry in zip(seqs, logged, strict=True) if entry is not None])
+        labelled(REVOCATION_REPAIRS, "written_back").inc()
+        log.error("the database was missing revocations Redis holds: written back to it", extra={"fields": {
+            "bucket": bucket, "from": top + 1, "to": state, "restored": restored}})
+
+    def _rebuild(self, bucket: int, top: int) -> None:
+        """Redis lost the bucket: every live revocation up to `top` loaded, then its state sealed at `top`."""
+        started, loaded = time.monotonic(), 0
+        for page in self.records.pages(bucket, 0, top, live_only=True):
+            self.apply(bucket, page, "load")
+            loaded += len(page)
+        self.apply(bucket, (), "seal", to=top)
+        labelled(REVOCATION_REPAIRS, "rebuilt").inc()
+        log.log(logging.WARNING if top else logging.INFO, "revocations of a bucket restored from the database",
+                extra={"fields": {
+            "bucket": bucket, "entries": loaded, "sequence": top, "seconds": round(time.monotonic() - started, 3)}})
+
+    def _catch_up(self, bucket: int, state: int, target: int) -> None:
+        """Redis is behind: what the table holds in (state, target] applied in order."""
+        while state < target:
+            page = next(self.records.pages(bucket, state, target, live_only=False), [])
+            to = page[-1].seq if len(page) == PAGE else target
+            reply = self.apply(bucket, page, "ordered", state, to)
+            if reply.displaced is not None:
+                self.readmit(bucket, reply.displaced)
+            if reply.outcome is Applied.MISSING:  # lost meanwhile: start again from the table
+                top = self.records.top(bucket)
+                self._rebuild(bucket, top)
+                state = top
+            else:
+                state = reply.state if reply.state is not None else to
+        labelled(REVOCATION_REPAIRS, "caught_up").inc()
+        log.warning("revocations of a bucket caught up from the database", extra={"fields": {
+            "bucket": bucket, "sequence": target}})
+
+    def _lost(self, bucket: int, top: int, target: int) -> None:
+        REVOCATIONS_LOST.inc(target - top)
+        log.critical("acknowledged revocations are missing from both Redis and the database: the tokens they "
+                     "covered may be accepted again (see the README on synchronous replication and AOF)",
+                     extra={"fields": {"bucket": bucket, "from": top + 1, "to": target}})
+
+    def readmit(self, bucket: int, displaced: str) -> None:
+        """Redis holds, under a sequence the table gave to another revocation, one the table lost:
+        it is recorded again under a new sequence (and applied, so Redis's log has it too)."""
+        record = entries.from_log_entry(displaced, bucket, 0)
+        target = RevocationTarget(record.kind, record.target, record.expires_at.timestamp(), record.user_id,
+                                  None if record.cutoff is None else record.cutoff.timestamp(),
+                                  tuple((name, float(last)) for name, last in record.covers or ()))
+        known = max(self.floors[bucket], self.state(bucket) or 0)
+        again = self.records.insert(target, record.actor, record.reason, at_least=known)
+        self.apply(bucket, [again], "ordered", again.seq - 1, again.seq)
+        self.floors.raise_to(bucket, again.seq)
+        log.error("a revocation Redis held under a sequence the database reused was recorded again",
+                  extra={"fields": {"bucket": bucket, "sequence": again.seq}})

@@ -1,0 +1,192 @@
+"""The revocation core's parts, each on its own (ARCHITECTURE.md, "The revocation model"), on the
+in-process store (fakeredis) and SQLite: floors that only rise, sequences never handed out twice,
+a table given back what Redis holds, losses in both stores reported, evictions noticed."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from app.metrics import REVOCATIONS_LOST
+from app.revocation import entries
+from app.revocation.eviction import EvictingRedis, EvictionWatch, Memory, refuse_evicting
+from app.revocation.floors import Epochs, Floors
+from app.revocation.layout import STATE, bucket_of
+from app.revocation.records import Record
+from app.revocation.replies import Applied, apply_reply, check_reply, user_cutoff_reply
+from app.revocation.targets import RevocationTarget
+from app.services import services
+
+
+@pytest.fixture
+def store(app):
+    return services(app).store
+
+
+def jti_target(jti: str, seconds: float = 600) -> RevocationTarget:
+    return RevocationTarget("jti", jti, time.time() + seconds)
+
+
+def table_loses(store, *seqs_of: Record) -> None:
+    """The table loses these rows, as a lost replication tail would."""
+    from sqlalchemy import delete
+
+    from app.models import Revocation
+
+    for record in seqs_of:
+        store.records.database.rows(delete(Revocation).where(Revocation.id == record.id).returning(Revocation.id))
+
+
+# --- floors and epochs --------------------------------------------------------------------
+
+
+def test_a_floor_only_ever_rises_whatever_threads_race_to_raise_it():
+    floors, switching, done = Floors(), sys.getswitchinterval(), threading.Event()
+    drops: list[tuple[int, int]] = []
+
+    def raise_many(start: int) -> None:
+        for seq in range(start, 20_000, 8):
+            floors.raise_to(3, seq)
+
+    def watch() -> None:  # a lost update shows as a floor going down
+        last = 0
+        while not done.is_set():
+            if (now := floors[3]) < last:
+                drops.append((last, now))
+            last = max(last, now)
+
+    sys.setswitchinterval(1e-6)  # a thread switch between any two bytecodes
+    try:
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        threads = [threading.Thread(target=raise_many, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        done.set()
+        watcher.join()
+    finally:
+        sys.setswitchinterval(switching)
+    assert not drops and floors[3] == 19_999, (drops[:5], floors.snapshot())
+    floors.raise_to(3, 5)
+    assert floors[3] == 19_999
+
+
+def test_redis_is_trusted_only_once_verified_after_the_last_event_that_could_replace_it():
+    epochs = Epochs()
+    assert not epochs.trusted  # nothing verified yet
+    started = epochs.start()
+    epochs.bump()  # a connection opened while the verification ran
+    epochs.verified(started)
+    assert not epochs.trusted
+    epochs.verified(epochs.start())
+    assert epochs.trusted
+
+
+# --- replies and entries ------------------------------------------------------------------
+
+
+def test_each_script_reply_is_read_into_a_typed_value():
+    assert check_reply([1, 1, 7, "4", "9"]).states == (4, 9)
+    assert check_reply([1, 1, 7, "4", "9"]).revoked and check_reply([1, 0, 7, "4"]).count == 7
+    assert check_reply([0, 2]).missing == 1
+    assert apply_reply([2, "3"]).outcome is Applied.BEHIND and apply_reply([2, "3"]).state == 3
+    assert apply_reply([1, ""]).outcome is Applied.MISSING and apply_reply([1, ""]).state is None
+    assert apply_reply([0, "5", "l:5", "entry"]).displaced == "entry"
+    assert user_cutoff_reply(["10.5", "jti:a", "20.0"]).covers == (("jti:a", 20.0),)
+
+
+def test_a_log_entry_gives_back_the_row_it_was_made_from():
+    now = datetime.now(UTC).replace(microsecond=123456)
+    record = Record(7, "user", "alice", "alice", "admin:root", "stolen laptop", now, now, now,
+                    [["jti:x", 1234.5]], 3, 42)
+    again = entries.from_log_entry(entries.log_entry(record), 3, 42)
+    assert again == Record(None, *[getattr(record, name) for name in ("kind", "target", "user_id", "actor",
+                                   "reason", "created_at", "expires_at", "cutoff", "covers", "bucket", "seq")])
+    assert entries.log_entry(record) == entries.log_entry(again)  # the same text whoever writes it
+
+
+# --- sequences and the table ----------------------------------------------------------------
+
+
+def test_a_sequence_known_elsewhere_is_never_handed_out_again(store):
+    first = store.records.insert(jti_target("a"), "test", None)
+    again = store.records.insert(RevocationTarget("jti", "a2", time.time() + 60), "test", None,
+                                 at_least=first.seq + 5)
+    assert again.seq == first.seq + 6
+
+
+def test_a_table_that_lost_its_newest_rows_is_given_them_back_and_reuses_no_sequence(store, caplog):
+    lost = store.revoke(jti_target("lost"), "user:alice", "logout")
+    table_loses(store, lost)
+    assert store.records.top(lost.bucket) == lost.seq - 1
+    caplog.set_level(logging.ERROR)
+    neighbour = next(f"after-{n}" for n in range(1000) if bucket_of(f"after-{n}") == lost.bucket)
+    after = store.revoke(jti_target(neighbour), "test", None)  # seen where it shows: the next revocation
+    rows = {row.seq: row for page in store.records.pages(lost.bucket, 0, 10**9, False) for row in page}
+    assert rows[lost.seq].target == "lost" and rows[lost.seq].actor == "user:alice"  # at its own sequence
+    assert after.seq == lost.seq + 1
+    assert "the database was missing revocations Redis holds" in caplog.text
+
+
+def test_the_periodic_look_at_the_table_gives_it_back_what_redis_holds(store):
+    lost = store.revoke(jti_target("synced"), "test", None)
+    table_loses(store, lost)
+    store.replica.sync()
+    assert store.records.top(lost.bucket) == lost.seq
+
+
+def test_revocations_lost_by_both_stores_are_reported_loudly(store, caplog):
+    before = REVOCATIONS_LOST._value.get()
+    lost = store.revoke(jti_target("gone"), "test", None)
+    table_loses(store, lost)
+    store.client.client.flushall()  # Redis too, before anything could write it back
+    caplog.set_level(logging.CRITICAL)
+    store.verify()
+    assert "missing from both Redis and the database" in caplog.text
+    assert REVOCATIONS_LOST._value.get() - before == 1
+    assert int(store.client.client.hget(store.layout.bucket(lost.bucket), STATE)) >= lost.seq
+
+
+def test_a_sequence_redis_holds_for_another_revocation_records_both_again(store):
+    """The table handed out a sequence Redis holds for a revocation the table lost (a stale read
+    raced a failover): both end up in the table, each under a sequence of its own."""
+    kept = store.revoke(jti_target("redis-only"), "test", "first")
+    other = next(f"clash-{n}" for n in range(1000) if bucket_of(f"clash-{n}") == kept.bucket)
+    table_loses(store, kept)
+    clash = store.records.insert(jti_target(other), "test", "second", at_least=kept.seq - 1)
+    assert clash.seq == kept.seq
+    store._apply(clash, jti_target(other))  # noqa: SLF001 - the revocation's step after its INSERT
+    targets = [row.target for page in store.records.pages(kept.bucket, 0, 10**9, False) for row in page]
+    assert "redis-only" in targets and targets.count(other) == 2, targets
+
+
+# --- eviction ---------------------------------------------------------------------------------
+
+
+def test_an_evicting_policy_is_refused_and_evictions_seen_at_run_time_ask_for_verification(caplog):
+    with pytest.raises(EvictingRedis, match="volatile-lru: revocations need noeviction"):
+        refuse_evicting(Memory(("noeviction", "volatile-lru"), 0))
+    refuse_evicting(Memory(("noeviction",), 0))
+    watch = EvictionWatch()
+    assert not watch.changed(Memory(("noeviction",), 0))
+    caplog.set_level(logging.ERROR)
+    assert not watch.changed(Memory(("allkeys-lru",), 0))  # switched at run time: said loudly
+    assert "allkeys-lru" in caplog.text
+    assert watch.changed(Memory(("allkeys-lru",), 12))  # keys evicted: every bucket verified
+
+
+def test_an_evicted_bucket_takes_its_state_with_it_so_the_next_check_restores_it(client, store, make_token):
+    from tests.conftest import bearer
+
+    token = make_token("alice")
+    assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
+    for bucket in range(16):  # what eviction does: whole keys go, never one field of a hash
+        store.client.client.delete(store.layout.bucket(bucket))
+    assert client.get("/api/v1/auth/me", headers=bearer(token)).get_json()["code"] == "token_revoked"
