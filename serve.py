@@ -27,6 +27,7 @@ Logs are JSON lines in the app's format (app.logs); /metrics adds up every worke
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import resource
@@ -147,6 +148,21 @@ def preflight() -> None:
         configuration_error(str(error))
 
 
+def warn_underscore_headers() -> None:
+    """granian hands `X_Forwarded_For` and `X-Forwarded-For` to the app under one WSGI name (the
+    last wins) and has no setting to drop the first: behind PROXY_HOPS, only the proxy in front
+    can (the shipped nginx does: underscores_in_headers off)."""
+    from app.logs import JsonFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("taskgate.serve")
+    log.addHandler(handler)
+    log.warning("PROXY_HOPS is set under granian, which cannot tell X_Forwarded_For from X-Forwarded-For: "
+                "the proxy in front must drop header names with underscores (nginx does by default; "
+                "see docs/DEPLOY.md), or a client can choose the address its rate limits count")
+
+
 def serve_granian() -> None:
     sizes, address = granian_settings(), listen_address()  # a bad setting stops here, before anything starts
     raise_open_files_limit(sizes["backpressure"] + 1024)  # its connections, plus database, Redis and files
@@ -165,6 +181,8 @@ def serve_granian() -> None:
         "loggers": {"_granian": {"handlers": ["json"], "level": level.upper(), "propagate": False},
                     "granian.access": {"handlers": ["json"], "level": "INFO", "propagate": False}},
     }
+    if os.environ.get("PROXY_HOPS", "").strip() not in ("", "0"):  # checked by preflight()
+        warn_underscore_headers()
     Granian(
         "wsgi:app",
         interface=Interfaces.WSGI,

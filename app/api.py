@@ -53,7 +53,7 @@ class IdentifierConverter(BaseConverter):
     """`<id:name>`: any id a token can carry, slashes included; the endpoint's path model
     validates it (a 422, not a 404, for an id no token could carry)."""
 
-    regex = ".+?"
+    regex = r"[\s\S]+?"  # every character, a newline too: the path model judges them all alike
     part_isolating = False
 
 

@@ -7,9 +7,11 @@ areas together in a last pass. Everything else gets the frozen `Settings`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,6 +32,8 @@ DEFAULT_BLUEPRINTS = (
     "blueprints.admin:bp",
 )
 MIN_SECRET_BYTES = 32
+MIN_SECRET_BITS = 96  # entropy_bits() of BETTER_AUTH_SECRET at least (32 hex characters give about 120)
+MIN_TOKEN_BITS = 48  # of METRICS_TOKEN
 ORIGIN = re.compile(r"^https?://(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::\d{1,5})?$")
 LOOPBACK_HTTP = ("http://127.0.0.1", "http://localhost", "http://[::1]")
 
@@ -98,7 +102,8 @@ def _csv(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (value or "").split(",") if part.strip())
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    """A whole number; `maximum`: the most that keeps the promise the setting is part of."""
     raw = env.get(name, "").strip()
     if raw == "":
         return default
@@ -108,10 +113,12 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, maximum: float = math.inf) -> float:
     raw = env.get(name, "").strip()
     if raw == "":
         return default
@@ -121,7 +128,16 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
     if not 0 < value < float("inf"):
         raise ConfigError(f"{name} must be positive, got {raw!r}")
+    if value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum:g}, got {raw}")
     return value
+
+
+def entropy_bits(value: str) -> float:
+    """An estimate of a secret's entropy: its length times the Shannon entropy of its characters.
+    It cannot prove a secret random; it catches the obviously weak (repeats, short alphabets)."""
+    counts = Counter(value)
+    return -len(value) * sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -204,7 +220,7 @@ def _database(env: Mapping[str, str]) -> dict[str, Any]:
         "database_url": env.get("DATABASE_URL", "").strip() or None,  # the default: last pass
         # One connection per request thread (gunicorn.conf.py: 2 threads per worker).
         "db_pool_size": _int(env, "DB_POOL_SIZE", _int(env, "GUNICORN_THREADS", 2, minimum=1), minimum=1),
-        "db_statement_timeout_ms": _int(env, "DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1),
+        "db_statement_timeout_ms": _int(env, "DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1, maximum=60_000),
     }
 
 
@@ -220,9 +236,11 @@ def _redis(env: Mapping[str, str]) -> dict[str, Any]:
     return {
         "redis_url": redis_url,
         "redis_target": redis_target,
-        "redis_socket_timeout": _float(env, "REDIS_SOCKET_TIMEOUT", 0.5),
+        # Bounded: a request waits at most about two of these before its 503.
+        "redis_socket_timeout": _float(env, "REDIS_SOCKET_TIMEOUT", 0.5, maximum=5.0),
         "redis_key_prefix": prefix,
-        "revocation_sync_seconds": _float(env, "REVOCATION_SYNC_SECONDS", 2.0),
+        # Bounded: how late a table that came back older, or a policy that evicts, is noticed.
+        "revocation_sync_seconds": _float(env, "REVOCATION_SYNC_SECONDS", 2.0, maximum=60.0),
     }
 
 
@@ -244,16 +262,18 @@ def _tokens(env: Mapping[str, str]) -> dict[str, Any]:
         "secret_generated": False,
         "better_auth_url": better_auth_url,
         "jwks_url": jwks_url,
-        "jwks_timeout_seconds": _float(env, "JWKS_TIMEOUT_SECONDS", 2.0),
-        "jwks_cache_seconds": _float(env, "JWKS_CACHE_SECONDS", 600.0),
-        "jwks_min_refetch_seconds": _float(env, "JWKS_MIN_REFETCH_SECONDS", 10.0),
+        "jwks_timeout_seconds": _float(env, "JWKS_TIMEOUT_SECONDS", 2.0, maximum=10.0),
+        # Bounded: a key Better Auth withdrew stops verifying tokens within this.
+        "jwks_cache_seconds": _float(env, "JWKS_CACHE_SECONDS", 600.0, maximum=86400.0),
+        "jwks_min_refetch_seconds": _float(env, "JWKS_MIN_REFETCH_SECONDS", 10.0, maximum=300.0),
         "algorithms": algorithms,  # the default depends on the secret and the JWKS URL: last pass
         "issuer": _optional(env, "JWT_ISSUER", better_auth_url),
         "audience": _optional(env, "JWT_AUDIENCE", better_auth_url),
         "user_claim": env.get("JWT_USER_CLAIM", "").strip() or "sub",
-        "leeway_seconds": _int(env, "JWT_LEEWAY_SECONDS", 30),
-        "max_age_seconds": _int(env, "JWT_MAX_AGE_SECONDS", 604800, minimum=1),
-        "logout_token_max_age_seconds": _int(env, "LOGOUT_TOKEN_MAX_AGE_SECONDS", 300, minimum=1),
+        # Bounded: clock skew between hosts, never a way to stretch a token's life.
+        "leeway_seconds": _int(env, "JWT_LEEWAY_SECONDS", 30, maximum=300),
+        "max_age_seconds": _int(env, "JWT_MAX_AGE_SECONDS", 604800, minimum=1, maximum=604800),  # 7 days at most
+        "logout_token_max_age_seconds": _int(env, "LOGOUT_TOKEN_MAX_AGE_SECONDS", 300, minimum=1, maximum=3600),
         "admin_user_ids": frozenset(_csv(env.get("ADMIN_USER_IDS"))),
     }
 
@@ -268,10 +288,13 @@ def _http(env: Mapping[str, str], production: bool) -> dict[str, Any]:
     metrics_token = env.get("METRICS_TOKEN", "").strip() or None
     if metrics_token is not None and len(metrics_token) < 16:
         raise ConfigError("METRICS_TOKEN must be at least 16 characters")
+    if metrics_token is not None and entropy_bits(metrics_token) < MIN_TOKEN_BITS:
+        raise ConfigError("METRICS_TOKEN looks guessable (repeated characters or a short alphabet); "
+                          "use a random value, e.g. `openssl rand -hex 24`")
     return {
         "cors_origins": cors_origins,
-        "max_content_length": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024, minimum=1024),
-        "proxy_hops": _int(env, "PROXY_HOPS", 0),
+        "max_content_length": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024, minimum=1024, maximum=1 << 20),
+        "proxy_hops": _int(env, "PROXY_HOPS", 0, maximum=5),
         "metrics_token": metrics_token,
     }
 
@@ -288,58 +311,101 @@ def _rate_limits(env: Mapping[str, str], testing: bool) -> dict[str, Any]:
 # --- the rules that tie areas together -------------------------------------------------
 
 
-def _together(values: dict[str, Any], instance_path: Path) -> dict[str, Any]:
-    """Defaults that depend on other settings, and what production refuses."""
-    production, warnings = values["app_env"] == "production", []
+@dataclass
+class Draft:
+    """The settings as read, while the rules below fill in defaults, refuse or warn."""
 
-    database_url = values["database_url"]
-    if database_url is None:
-        if production:
+    values: dict[str, Any]
+    instance_path: Path
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def production(self) -> bool:
+        return self.values["app_env"] == "production"
+
+    def refuse_in_production(self, message: str, hint: str = ": a production start would refuse it") -> None:
+        if self.production:
+            raise ConfigError(message)
+        self.warnings.append(message + hint)
+
+
+def database_default(draft: Draft) -> None:
+    """SQLite in the instance folder, except in production, which needs PostgreSQL."""
+    url = draft.values["database_url"]
+    if url is None:
+        if draft.production:
             raise ConfigError("DATABASE_URL is required in production (PostgreSQL)")
-        instance_path.mkdir(parents=True, exist_ok=True)
-        database_url = f"sqlite:///{instance_path / 'taskgate.db'}"
-    elif production and database_url.startswith("sqlite"):
+        draft.instance_path.mkdir(parents=True, exist_ok=True)
+        draft.values["database_url"] = f"sqlite:///{draft.instance_path / 'taskgate.db'}"
+    elif draft.production and url.startswith("sqlite"):
         raise ConfigError("DATABASE_URL points at SQLite: production needs PostgreSQL")
 
-    if values["redis_url"] is None:
-        if production:
-            raise ConfigError("REDIS_URL is required in production (revocations must be shared)")
-        if values["app_env"] == "development":
-            warnings.append(
-                "REDIS_URL is not set: using an in-process revocation store; "
-                "revocations are neither shared between processes nor kept across restarts"
-            )
 
-    jwks_url, secret = values["jwks_url"], values["secret"]
-    if jwks_url and production and jwks_url.startswith("http://") and not jwks_url.startswith(LOOPBACK_HTTP):
-        warnings.append("JWKS_URL is plain http: keys could be swapped in transit; use https")
-    algorithms = values["algorithms"] or (
-        (("HS256",) if secret or not jwks_url else ()) + (DEFAULT_ASYMMETRIC if jwks_url else ()))
+def redis_required(draft: Draft) -> None:
+    if draft.values["redis_url"] is not None:
+        return
+    if draft.production:
+        raise ConfigError("REDIS_URL is required in production (revocations must be shared)")
+    if draft.values["app_env"] == "development":
+        draft.warnings.append("REDIS_URL is not set: using an in-process revocation store; "
+                              "revocations are neither shared between processes nor kept across restarts")
+
+
+def default_algorithms(draft: Draft) -> None:
+    """HS256 with the secret, or the asymmetric set with a JWKS; HS256 beside a JWKS only when
+    JWT_ALGORITHMS names it (a leftover secret must not keep HS256 open)."""
+    jwks_url = draft.values["jwks_url"]
+    algorithms = draft.values["algorithms"] or (DEFAULT_ASYMMETRIC if jwks_url else ("HS256",))
     if any(a in ASYMMETRIC_ALGORITHMS for a in algorithms) and not jwks_url:
         raise ConfigError("JWT_ALGORITHMS has asymmetric algorithms but neither JWKS_URL nor BETTER_AUTH_URL is set")
+    if jwks_url and draft.production and jwks_url.startswith("http://") and not jwks_url.startswith(LOOPBACK_HTTP):
+        draft.warnings.append("JWKS_URL is plain http: keys could be swapped in transit; use https")
+    if jwks_url and draft.values["secret"] and "HS256" not in algorithms:
+        draft.warnings.append("BETTER_AUTH_SECRET is set but HS256 is not accepted (JWKS mode); name HS256 in "
+                              "JWT_ALGORITHMS to accept tokens signed with it")
+    draft.values["algorithms"] = tuple(algorithms)
 
-    secret_generated = False
-    if any(a in SYMMETRIC_ALGORITHMS for a in algorithms):
-        if secret is None:
-            if production:
-                raise ConfigError("BETTER_AUTH_SECRET is required in production when HS256 is accepted")
-            secret, secret_generated = _development_secret(instance_path), True
-            warnings.append(
-                "BETTER_AUTH_SECRET is not set: generated a throwaway development secret "
-                f"in {instance_path / 'dev-secret'}; set BETTER_AUTH_SECRET to share one with your frontend"
-            )
-        elif production and "change-me" in secret:
-            raise ConfigError("BETTER_AUTH_SECRET is still the .env.example placeholder")
-        elif len(secret.encode()) < MIN_SECRET_BYTES:
-            message = f"BETTER_AUTH_SECRET is shorter than {MIN_SECRET_BYTES} bytes"
-            if production:
-                raise ConfigError(message)
-            warnings.append(message + ": a production start would refuse it")
 
-    if production and values["metrics_token"] is None:
-        warnings.append("METRICS_TOKEN is not set: /metrics is disabled (answers 404)")
-    return {**values, "database_url": database_url, "algorithms": tuple(algorithms), "secret": secret,
-            "secret_generated": secret_generated, "warnings": tuple(warnings)}
+def shared_secret(draft: Draft) -> None:
+    """BETTER_AUTH_SECRET, where HS256 is accepted: required, not the placeholder, long and
+    random enough in production; a throwaway one generated in development."""
+    if "HS256" not in draft.values["algorithms"]:
+        return
+    secret = draft.values["secret"]
+    if secret is None:
+        if draft.production:
+            raise ConfigError("BETTER_AUTH_SECRET is required in production when HS256 is accepted")
+        draft.values["secret"], draft.values["secret_generated"] = _development_secret(draft.instance_path), True
+        draft.warnings.append(
+            "BETTER_AUTH_SECRET is not set: generated a throwaway development secret "
+            f"in {draft.instance_path / 'dev-secret'}; set BETTER_AUTH_SECRET to share one with your frontend")
+    elif draft.production and "change-me" in secret:
+        raise ConfigError("BETTER_AUTH_SECRET is still the .env.example placeholder")
+    elif len(secret.encode()) < MIN_SECRET_BYTES:
+        draft.refuse_in_production(f"BETTER_AUTH_SECRET is shorter than {MIN_SECRET_BYTES} bytes")
+    elif entropy_bits(secret) < MIN_SECRET_BITS:
+        draft.refuse_in_production("BETTER_AUTH_SECRET looks guessable (repeated characters or a short "
+                                   "alphabet); use `openssl rand -base64 32`")
+
+
+def production_warnings(draft: Draft) -> None:
+    """What a production start allows but weakens: each said once, at start."""
+    if not draft.production:
+        return
+    values, warn = draft.values, draft.warnings.append
+    if values["metrics_token"] is None:
+        warn("METRICS_TOKEN is not set: /metrics is disabled (answers 404)")
+    if values["issuer"] is None:
+        warn("JWT_ISSUER is empty: tokens from any issuer that holds a key are accepted; set it or BETTER_AUTH_URL")
+    if values["audience"] is None:
+        warn("JWT_AUDIENCE is empty: tokens made for other audiences are accepted; set it or BETTER_AUTH_URL")
+    if not values["rate_limits_enabled"]:
+        warn("RATE_LIMITS_ENABLED is off: token guessing and floods are not slowed down")
+    if values["log_level"] == "DEBUG":
+        warn("LOG_LEVEL is DEBUG in production: libraries may log request details")
+
+
+RULES = (database_default, redis_required, default_algorithms, shared_secret, production_warnings)
 
 
 def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
@@ -354,4 +420,7 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
         **_rate_limits(env, testing),
     }
     assert set(values) | {"warnings"} == {f.name for f in fields(Settings)}  # every area read, once
-    return Settings(**_together(values, instance_path))
+    draft = Draft(values, instance_path)
+    for rule in RULES:
+        rule(draft)
+    return Settings(**draft.values, warnings=tuple(draft.warnings))

@@ -531,7 +531,9 @@ class Backend:
             "REDIS_URL": REDIS_BASE,
             "REDIS_KEY_PREFIX": self.redis_prefix,
             "BETTER_AUTH_SECRET": self.secret,
-            "BETTER_AUTH_URL": self.issuer.url,  # HS256 and Better Auth's JWKS keys, as the README recommends
+            # HS256 and Better Auth's JWKS keys together: HS256 beside a JWKS only when named.
+            "BETTER_AUTH_URL": self.issuer.url,
+            "JWT_ALGORITHMS": "HS256,EdDSA,ES256,ES512,PS256,RS256",
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             # prometheus_client's multiprocess files (if the service uses them) go to our temp dir.
             "PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "metrics"),

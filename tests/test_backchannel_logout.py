@@ -215,3 +215,38 @@ class TestJwksMode:
         signed = key.sign(logout_claims(), {"typ": "logout+jwt"})
         assert send(client, signed).status_code == 200
         assert me(client, victim) == "token_revoked"
+
+
+class TestWhateverClaimNamesTheUser:
+    """JWT_USER_CLAIM=id: Better Auth's `id`, which a generic provider's `sub` need not equal. A
+    logout naming `sub` still revokes that subject's tokens (never a 200 with no effect)."""
+
+    @pytest.fixture
+    def settings_overrides(self):
+        return {"JWT_ISSUER": ISSUER, "JWT_AUDIENCE": ISSUER, "JWT_USER_CLAIM": "id"}
+
+    def test_a_logout_by_sub_revokes_the_subjects_tokens(self, client):
+        now = int(time.time())
+        token, other = access_token("subject-1", id="user-1", iat=now - 5), access_token("subject-2", id="user-2")
+        assert me(client, token) == 200 and me(client, other) == 200
+        assert send(client, logout_token(sub="subject-1", sid=DROP, iat=now)).status_code == 200
+        assert me(client, token) == "token_revoked"
+        assert me(client, other) == 200
+
+
+def test_a_sender_retrying_an_old_sign_out_keeps_its_cutoff(client):
+    """A fresh logout token (recent iat) for a sign-out that happened earlier: `revoked_before`
+    is the cutoff, so tokens issued since the sign-out keep working."""
+    now = int(time.time())
+    before, since = access_token(iat=now - 60), access_token(iat=now - 10)
+    assert send(client, logout_token(sid=DROP, iat=now, revoked_before=now - 30)).status_code == 200
+    assert me(client, before) == "token_revoked"
+    assert me(client, since) == 200
+
+
+@pytest.mark.parametrize("revoked_before", [lambda now: now + 60, lambda now: "yesterday", lambda now: -1])
+def test_a_cutoff_after_the_logout_token_or_not_a_date_is_refused(client, app, revoked_before):
+    now = int(time.time())
+    response = send(client, logout_token(sid=DROP, iat=now, revoked_before=revoked_before(now)))
+    assert response.status_code == 400 and response.get_json()["error"] == "invalid_request"
+    assert audit(app) == []

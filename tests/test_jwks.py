@@ -130,12 +130,34 @@ def test_hs256_is_refused_in_jwks_only_mode(client, jwks):
     assert code(client, encode(claims(), SECRET)) == "invalid_token"
 
 
-class TestSecretAndJwksTogether:
+class TestALeftoverSecretBesideAJwks:
+    """JWKS mode with BETTER_AUTH_SECRET still set: HS256 stays closed, for access and logout tokens."""
+
     @pytest.fixture
     def settings_overrides(self, jwks):
         return {"JWKS_URL": jwks.url, "BETTER_AUTH_SECRET": SECRET, "JWT_ISSUER": ISSUER, "JWT_AUDIENCE": ISSUER}
 
-    def test_both_kinds_verify(self, client, jwks):
+    def test_only_the_jwks_keys_verify(self, client, jwks):
+        key = jwks.publish(SigningKey("ES256", "k"))
+        assert code(client, key.sign(claims())) == 200
+        assert code(client, encode(claims(), SECRET)) == "invalid_token"
+
+    def test_a_logout_token_signed_with_the_secret_is_refused(self, client, app):
+        now = int(time.time())
+        logout = encode({"iss": ISSUER, "aud": ISSUER, "iat": now, "exp": now + 60, "jti": "l-1", "sub": "alice",
+                         "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}, SECRET,
+                        headers={"typ": "logout+jwt"})
+        response = client.post("/api/v1/auth/backchannel-logout", data={"logout_token": logout})
+        assert response.status_code == 400 and response.get_json()["error"] == "invalid_request"
+
+
+class TestSecretAndJwksTogether:
+    @pytest.fixture
+    def settings_overrides(self, jwks):
+        return {"JWKS_URL": jwks.url, "BETTER_AUTH_SECRET": SECRET, "JWT_ISSUER": ISSUER, "JWT_AUDIENCE": ISSUER,
+                "JWT_ALGORITHMS": "HS256,ES256,RS256"}
+
+    def test_both_kinds_verify_when_hs256_is_named(self, client, jwks):
         key = jwks.publish(SigningKey("ES256", "k"))
         assert code(client, key.sign(claims())) == 200
         assert code(client, encode(claims(), SECRET)) == 200

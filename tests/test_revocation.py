@@ -249,3 +249,10 @@ def test_prune_deletes_what_can_no_longer_matter_and_keeps_each_bucket_sequence(
     assert f"deleted {3 - sum(t.value in remaining for t in old)} " in result.output
     next_one = store.revoke_jti(f"after-prune-{recent.bucket}", "test")
     assert next_one.seq > 0 and status(client, live) == "token_revoked"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/admin/users/al%0Aice/revoke", "/api/v1/admin/sessions/s%0A1/revoke",
+                                  "/api/v1/admin/users/al%09ice/revoke"])
+def test_an_id_with_a_control_character_is_a_422_like_any_other_bad_id(client, admin, path):
+    response = client.post(path, headers=admin)
+    assert response.status_code == 422 and response.get_json()["code"] == "validation_error", response.get_data()

@@ -99,7 +99,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def make_store(database_url: str, redis_url: str, prefix: str, instance: Path) -> Services:
     return build_services(load_settings({
         "APP_ENV": "testing", "DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix,
-        "BETTER_AUTH_SECRET": "s" * 40, "REVOCATION_SYNC_SECONDS": "3600", "REDIS_SOCKET_TIMEOUT": "2"}, instance))
+        "BETTER_AUTH_SECRET": "s" * 40, "REVOCATION_SYNC_SECONDS": "60", "REDIS_SOCKET_TIMEOUT": "2"}, instance))
 
 
 class RevocationModel(RuleBasedStateMachine):

@@ -28,7 +28,7 @@ def redis_node() -> Iterator[PersistentRedis]:
 def settings_overrides(redis_node):
     # No periodic read of the table's sequences: only the new connection can tell this
     # instance that Redis went back.
-    return {"REDIS_URL": redis_node.url, "REVOCATION_SYNC_SECONDS": "3600"}
+    return {"REDIS_URL": redis_node.url, "REVOCATION_SYNC_SECONDS": "60"}
 
 
 def me(client, token: str) -> int | str:

@@ -177,14 +177,15 @@ class RevocationStore:
         target = self.lifetimes.token(claims, user_id if isinstance(user_id, str) else None, digest)
         return self.revoke(target, actor, reason)
 
-    def log_out(self, issuer: str, jti: str, sub: str | None, sid: str | None, iat: float, ttl: int) -> bool:
-        """A back-channel logout, recorded as done by the issuer's back-channel. False for a
-        replayed `jti` (the revocations it asks for are there already: nothing more is done)."""
+    def log_out(self, issuer: str, jti: str, sub: str | None, sid: str | None, cutoff: float, ttl: int) -> bool:
+        """A back-channel logout, recorded as done by the issuer's back-channel; `cutoff`: when the
+        sign-out happened. False for a replayed `jti` (the revocations it asks for are there
+        already: nothing more is done)."""
         seen = self.layout.logout_seen(hashlib.sha256(issuer.encode()).hexdigest()[:16], jti)
         with fail_closed():
             if self.client.client.exists(seen):
                 return False
-        for target in self.lifetimes.logged_out(sub, sid, iat, time.time()):
+        for target in self.lifetimes.logged_out(sub, sid, cutoff, time.time()):
             self.revoke(target, f"backchannel:{issuer}", f"back-channel logout {jti}")
         with fail_closed():  # after the revocations: a sender that saw a failure sends it again
             self.client.client.set(seen, "1", ex=ttl)

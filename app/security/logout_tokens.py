@@ -42,6 +42,10 @@ class LogoutToken:
     iat: float
     sub: str | None
     sid: str | None
+    # When the sign-out happened: the cutoff for the user's tokens (default: iat). A sender that
+    # retries an old sign-out signs a fresh token (a recent iat) that keeps the old cutoff.
+    revoked_before: float
+
 
 
 def _check(condition: bool, description: str) -> None:
@@ -71,6 +75,9 @@ def check_shape(signed: SignedToken, settings: Settings, now: float) -> None:
     for name in ("sub", "sid"):
         _check(name not in claims or is_identifier(claims[name]), f"{name} must be a non-empty string")
     _check("nonce" not in claims, "a logout token has no nonce")
+    if "revoked_before" in claims:
+        _check(is_number(claims["revoked_before"]) and claims["revoked_before"] <= claims["iat"],
+               "revoked_before must be a date no later than iat")
 
 
 def verify_signature(token: str, signed: SignedToken, settings: Settings) -> None:
@@ -108,4 +115,5 @@ def validate(token: Any, settings: Settings, now: float | None = None) -> Logout
     check_shape(signed, settings, now)
     verify_signature(token.strip(), signed, settings)
     claims = signed.claims
-    return LogoutToken(claims["iss"], claims["jti"], float(claims["iat"]), claims.get("sub"), claims.get("sid"))
+    return LogoutToken(claims["iss"], claims["jti"], float(claims["iat"]), claims.get("sub"), claims.get("sid"),
+                       float(claims.get("revoked_before", claims["iat"])))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import math
 import re
 import time
 from dataclasses import dataclass
@@ -129,9 +128,10 @@ def check_access_token(signed: SignedToken) -> None:
 
 
 def is_number(value: Any) -> bool:
-    # Comparisons, not math.isfinite: NaN and ±Infinity fail them, and so does a 400-digit
-    # integer, without an OverflowError.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and -math.inf < value <= MAX_TIMESTAMP
+    """A NumericDate this API can compute with: a JSON number from 1970 to year 9999. Comparisons,
+    not float(): NaN and ±Infinity fail them, and so does an integer of any size or sign
+    (-10**400 included), without an OverflowError."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_TIMESTAMP
 
 
 def is_identifier(value: Any) -> bool:
@@ -148,7 +148,7 @@ def check_claims(claims: dict[str, Any], settings: Settings, now: float | None =
             raise TokenRejected(f"The token has no '{name}' claim.")
     for name in ("exp", "iat", "nbf"):
         if name in claims and not is_number(claims[name]):
-            raise TokenRejected(f"The token's '{name}' claim must be a number.")
+            raise TokenRejected(f"The token's '{name}' claim must be a date (a number of seconds since 1970).")
     for name in {"sub", settings.user_claim}:
         if not is_identifier(claims.get(name)):
             raise TokenRejected(f"The token's '{name}' claim must be a non-empty string.")

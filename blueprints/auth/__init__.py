@@ -67,6 +67,6 @@ def backchannel_logout():
         if found.rate_limits is not None:
             found.rate_limits.authentication_failed(request.remote_addr)
         raise error if isinstance(error, InvalidRequest) else InvalidRequest(str(error)) from None
-    found.store.log_out(logout.issuer, logout.jti, logout.sub, logout.sid, logout.iat,
+    found.store.log_out(logout.issuer, logout.jti, logout.sub, logout.sid, logout.revoked_before,
                         ttl=found.settings.logout_token_max_age_seconds + found.settings.leeway_seconds)
     return Response(status=200, headers={"Cache-Control": "no-store"})

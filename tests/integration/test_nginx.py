@@ -218,18 +218,74 @@ def test_a_revocation_made_through_nginx_holds_on_every_instance(three_instances
     assert {address(instance) for instance in instances} <= upstreams
 
 
-def test_the_app_sees_the_clients_address_never_a_forged_one(proxied_env, app_server):
+def logged_access(server: AppServer, request_id: str) -> dict:
+    time.sleep(0.3)
+    lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+    (access,) = [line for line in lines if line.get("request_id") == request_id]
+    return access
+
+
+@pytest.mark.parametrize("forged", ["X-Forwarded-For", "X_Forwarded_For"])
+def test_the_app_sees_the_clients_address_never_a_forged_one(proxied_env, app_server, forged):
     with app_server(proxied_env, workers=1) as app, Nginx([address(app)]) as proxy:
         request_id = uuid.uuid4().hex
         # From another loopback address than nginx's own, claiming to be someone else.
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5, source_address=("127.0.0.2", 0)) as client:
             client.sendall(f"GET /healthz HTTP/1.1\r\nHost: taskgate\r\nConnection: close\r\n"
-                           f"X-Forwarded-For: 203.0.113.7\r\nX-Request-ID: {request_id}\r\n\r\n".encode())
+                           f"{forged}: 203.0.113.7\r\nX-Request-ID: {request_id}\r\n\r\n".encode())
             assert client.recv(4096).startswith(b"HTTP/1.1 200 ")
-        time.sleep(0.3)
-        lines = [json.loads(line) for line in app.output().splitlines() if line.startswith("{")]
-    (access,) = [line for line in lines if line.get("request_id") == request_id]
-    assert access["remote_addr"] == "127.0.0.2"
+        assert logged_access(app, request_id)["remote_addr"] == "127.0.0.2"
+
+
+def test_gunicorn_itself_drops_header_names_with_underscores_and_granian_warns(proxied_env, app_server):
+    """Straight to the server, no nginx: gunicorn drops `X_Forwarded_For` (it would override the
+    proxy's header once both become one WSGI name); granian cannot, and says so at start."""
+    with app_server(proxied_env, workers=1) as app:
+        request_id = uuid.uuid4().hex
+        with socket.create_connection(("127.0.0.1", app.port), timeout=5) as client:
+            client.sendall(f"GET /healthz HTTP/1.1\r\nHost: taskgate\r\nConnection: close\r\n"
+                           f"X-Forwarded-For: 198.51.100.1\r\nX_Forwarded_For: 203.0.113.7\r\n"
+                           f"X-Request-ID: {request_id}\r\n\r\n".encode())
+            assert client.recv(4096).startswith(b"HTTP/1.1 200 ")
+        access = logged_access(app, request_id)
+        if app.server == "gunicorn":
+            assert access["remote_addr"] == "198.51.100.1", access
+        else:
+            assert "the proxy in front must drop header names with underscores" in app.output()
+
+
+@pytest.mark.parametrize("request_line,extra,status,code", [
+    ("GET /healthz%00 HTTP/1.1", "", 400, "bad_request"),
+    ("GET /he llo HTTP/1.1", "", 400, "bad_request"),
+    ("GET /healthz HTTP/1.1", f"X-Padding: {'a' * 20000}\r\n", 431, "headers_too_large"),
+    ("GET /" + "a" * 20000 + " HTTP/1.1", "", 414, "uri_too_long"),
+    ("POST /api/v1/tasks HTTP/1.1", "Transfer-Encoding: gzip, chunked\r\n", 501, "not_implemented"),
+])
+def test_nginxs_own_errors_are_problem_json_without_an_error_line(proxied_env, app_server, request_line, extra,
+                                                                  status, code):
+    with app_server(proxied_env, workers=1) as app, Nginx([address(app)]) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as client:
+            client.sendall(f"{request_line}\r\nHost: taskgate\r\n{extra}Connection: close\r\n\r\n".encode())
+            response = b""
+            while chunk := client.recv(65536):
+                response += chunk
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0].split()[1] == str(status).encode(), response[:300]
+        assert b"Content-Type: application/problem+json" in head, head
+        assert json.loads(body)["code"] == code, body
+        errors = (proxy.prefix / "error.log").read_text() if (proxy.prefix / "error.log").exists() else ""
+        assert "[error]" not in errors and "[crit]" not in errors, errors
+
+
+def test_one_request_id_across_nginx_and_the_app_whatever_the_client_sends(proxied_env, app_server):
+    with app_server(proxied_env, workers=1) as app, Nginx([address(app)]) as proxy:
+        for sent in ("good-id.1", "not valid!", "x" * 200, ""):
+            answered = requests.get(f"{proxy.url}/healthz", headers={"X-Request-ID": sent}, timeout=5)
+            request_id = answered.headers["X-Request-ID"]
+            assert (request_id == sent) == (sent == "good-id.1"), (sent, request_id)
+            access = logged_access(app, request_id)
+            assert any(entry["request_id"] == request_id for entry in proxy.requests_logged()), request_id
+            assert access["request_id"] == request_id
 
 
 def raw_get(port: int, path: str, token: str) -> tuple[int, bytes]:

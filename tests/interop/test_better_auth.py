@@ -104,7 +104,7 @@ def test_define_payload_jti_and_sid_make_logout_and_session_revocation_work(issu
 
 def test_hs256_tokens_minted_by_the_frontend_with_the_shared_secret(issuers, taskgate):
     issuer = issuers("EdDSA")
-    client = taskgate(issuer, secret=issuer.secret, JWT_ISSUER="", JWT_AUDIENCE="")
+    client = taskgate(issuer, secret=issuer.secret, JWT_ISSUER="", JWT_AUDIENCE="", JWT_ALGORITHMS="HS256,EdDSA")
     session, jwks_token = signed_up(issuer)
     hs256 = issuer.request("GET", "/test/hs256-token", session=session).json()["token"]
     assert decode_unverified(hs256)[0]["alg"] == "HS256"

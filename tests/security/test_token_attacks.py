@@ -560,7 +560,8 @@ LITERALS = {
     "negative": "-1", "int_past_year_9999": "253402300800",
 }
 TIME_INVALID = {"true", "false", "null", "empty_array", "array", "empty_object", "operator_object", "int_10_pow_400",
-                "float_overflowing_to_inf", "nan", "infinity", "negative_infinity", "numeric_string", "empty_string"}
+                "float_overflowing_to_inf", "nan", "infinity", "negative_infinity", "numeric_string", "empty_string",
+                "negative", "negative_huge_float"}  # a date is from 1970 to year 9999
 ID_INVALID = TIME_INVALID - {"null", "numeric_string"} | {"huge_float", "negative_huge_float", "zero", "negative",
                                                         "int_past_year_9999"}
 COVERED = {("exp", "true"), ("exp", "null"), ("iat", "true"), ("iat", "null"), ("nbf", "true"), ("nbf", "null"),

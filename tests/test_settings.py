@@ -1,0 +1,101 @@
+"""What a production start does with each setting that could weaken a promise: refused in one
+line (ConfigError, exit 78 from serve.py and wsgi.py), warned once at start, or accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import ConfigError, entropy_bits, load_settings
+from tests.conftest import SECRET
+
+PRODUCTION = {"APP_ENV": "production", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",
+              "REDIS_URL": "redis://127.0.0.1:1/0", "BETTER_AUTH_SECRET": SECRET, "BETTER_AUTH_URL": "",
+              "JWKS_URL": "", "JWT_ISSUER": "https://auth.example.com", "JWT_AUDIENCE": "https://api.example.com",
+              "METRICS_TOKEN": "k3Yz9QpL2mW7xR4tV8nB1cF6", "RATE_LIMITS_ENABLED": "true"}
+
+REFUSED = [
+    ({"JWT_LEEWAY_SECONDS": "86400"}, "JWT_LEEWAY_SECONDS must be at most 300, got 86400"),
+    ({"JWT_MAX_AGE_SECONDS": "315360000"}, "JWT_MAX_AGE_SECONDS must be at most 604800, got 315360000"),
+    ({"LOGOUT_TOKEN_MAX_AGE_SECONDS": "31536000"}, "LOGOUT_TOKEN_MAX_AGE_SECONDS must be at most 3600"),
+    ({"REDIS_SOCKET_TIMEOUT": "120"}, "REDIS_SOCKET_TIMEOUT must be at most 5, got 120"),
+    ({"REVOCATION_SYNC_SECONDS": "86400"}, "REVOCATION_SYNC_SECONDS must be at most 60, got 86400"),
+    ({"DB_STATEMENT_TIMEOUT_MS": "3600000"}, "DB_STATEMENT_TIMEOUT_MS must be at most 60000"),
+    ({"JWKS_CACHE_SECONDS": "604800"}, "JWKS_CACHE_SECONDS must be at most 86400"),
+    ({"JWKS_TIMEOUT_SECONDS": "60"}, "JWKS_TIMEOUT_SECONDS must be at most 10"),
+    ({"JWKS_MIN_REFETCH_SECONDS": "3600"}, "JWKS_MIN_REFETCH_SECONDS must be at most 300"),
+    ({"MAX_CONTENT_LENGTH": str(1 << 30)}, "MAX_CONTENT_LENGTH must be at most 1048576"),
+    ({"PROXY_HOPS": "10"}, "PROXY_HOPS must be at most 5"),
+    ({"BETTER_AUTH_SECRET": "a" * 32}, "BETTER_AUTH_SECRET looks guessable"),
+    ({"BETTER_AUTH_SECRET": "ab" * 32}, "BETTER_AUTH_SECRET looks guessable"),
+    ({"BETTER_AUTH_SECRET": "too-short"}, "BETTER_AUTH_SECRET is shorter than 32 bytes"),
+    ({"METRICS_TOKEN": "a" * 16}, "METRICS_TOKEN looks guessable"),
+    ({"METRICS_TOKEN": "short"}, "METRICS_TOKEN must be at least 16 characters"),
+    ({"BETTER_AUTH_SECRET": ""}, "BETTER_AUTH_SECRET is required"),
+    ({"BETTER_AUTH_SECRET": "change-me-to-at-least-32-random-bytes"}, "placeholder"),
+    ({"DATABASE_URL": ""}, "DATABASE_URL is required"),
+    ({"DATABASE_URL": "sqlite:///x.db"}, "SQLite"),
+    ({"REDIS_URL": ""}, "REDIS_URL is required"),
+    ({"FLASK_DEBUG": "1"}, "debug"),
+    ({"JWKS_URL": "file:///etc/passwd", "JWT_ALGORITHMS": "EdDSA"}, "http"),
+]
+
+WARNED = [
+    ({"JWT_ISSUER": ""}, "JWT_ISSUER is empty"),
+    ({"JWT_AUDIENCE": ""}, "JWT_AUDIENCE is empty"),
+    ({"RATE_LIMITS_ENABLED": "false"}, "RATE_LIMITS_ENABLED is off"),
+    ({"METRICS_TOKEN": ""}, "METRICS_TOKEN is not set"),
+    ({"LOG_LEVEL": "debug"}, "LOG_LEVEL is DEBUG in production"),
+    ({"JWKS_URL": "http://auth.example.com/jwks"}, "JWKS_URL is plain http"),
+    ({"JWKS_URL": "https://auth.example.com/jwks"}, "BETTER_AUTH_SECRET is set but HS256 is not accepted"),
+]
+
+
+def start(tmp_path: Path, **change: str):
+    return load_settings({**PRODUCTION, **change}, tmp_path)
+
+
+def test_the_baseline_starts_without_a_warning(tmp_path):
+    assert start(tmp_path).warnings == ()
+
+
+@pytest.mark.parametrize("change,message", REFUSED, ids=[next(iter(c)) for c, _ in REFUSED])
+def test_a_setting_that_breaks_a_promise_is_refused_in_one_line(tmp_path, change, message):
+    with pytest.raises(ConfigError) as refused:
+        start(tmp_path, **change)
+    assert message in str(refused.value) and "\n" not in str(refused.value), str(refused.value)
+
+
+@pytest.mark.parametrize("change,message", WARNED, ids=[next(iter(c)) for c, _ in WARNED])
+def test_a_setting_that_weakens_production_is_said_once_at_start(tmp_path, change, message):
+    warnings = start(tmp_path, **change).warnings
+    assert [w for w in warnings if message in w] == [next(w for w in warnings if message in w)], warnings
+
+
+@pytest.mark.parametrize("change", [
+    {"JWT_LEEWAY_SECONDS": "300"}, {"JWT_MAX_AGE_SECONDS": "604800"}, {"REDIS_SOCKET_TIMEOUT": "5"},
+    {"REVOCATION_SYNC_SECONDS": "60"}, {"BETTER_AUTH_SECRET": "0123456789abcdef0123456789abcdef"},
+    {"METRICS_TOKEN": "f3a9c21e7b5d4068"},
+], ids=lambda change: next(iter(change)))
+def test_the_bounds_themselves_are_accepted(tmp_path, change):
+    assert start(tmp_path, **change).warnings == ()
+
+
+def test_a_jwks_leaves_hs256_closed_unless_named(tmp_path):
+    jwks = {"JWKS_URL": "https://auth.example.com/jwks"}
+    assert "HS256" not in start(tmp_path, **jwks).algorithms
+    assert "HS256" in start(tmp_path, **jwks, JWT_ALGORITHMS="HS256,EdDSA").algorithms
+
+
+def test_the_same_bounds_hold_in_development(tmp_path):
+    with pytest.raises(ConfigError, match="JWT_LEEWAY_SECONDS must be at most 300"):
+        load_settings({"APP_ENV": "development", "JWT_LEEWAY_SECONDS": "86400"}, tmp_path)
+    weak = load_settings({"APP_ENV": "development", "BETTER_AUTH_SECRET": "a" * 32}, tmp_path)
+    assert any("looks guessable" in warning and "would refuse" in warning for warning in weak.warnings)
+
+
+def test_entropy_is_estimated_from_the_characters_used():
+    assert entropy_bits("a" * 64) == 0
+    assert entropy_bits("ab" * 16) == 32
+    assert entropy_bits("0123456789abcdef" * 2) == 128
