@@ -22,6 +22,7 @@ test: lint
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/shellcheck -s sh docker/entrypoint.sh
 

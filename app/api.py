@@ -7,7 +7,7 @@ declaration of a route, from one place.
 
 The view receives `principal` (when `auth` is set), `body`, `query` and `path` (validated
 pydantic models) as keyword arguments, and returns data that `json_response` serialises.
-Admission (authentication, rate limits, the admin role) is app.security.gate's.
+Admission (authentication, rate limits, the admin role) is app.gate's.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from flask import Flask, Response, g, make_response, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.routing import BaseConverter
 
-from app.errors import ApiError, ValidationFailed
+from app.errors import ApiError, InvalidRequest, ValidationFailed
+from app.gate import admit
 from app.schemas import READ_ONLY_FIELDS
-from app.security.gate import admit
 from app.services import services
 
 JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
@@ -110,8 +110,6 @@ def parse_body(model: type[BaseModel], required: bool = True) -> BaseModel:
 def parse_form(model: type[BaseModel]) -> BaseModel:
     """An application/x-www-form-urlencoded body, for an OAuth or OpenID peer: its errors are
     OAuth's 400 invalid_request (app.errors.InvalidRequest)."""
-    from app.errors import InvalidRequest
-
     if request.mimetype != "application/x-www-form-urlencoded":
         raise InvalidRequest("the body must be application/x-www-form-urlencoded")
     try:

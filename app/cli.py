@@ -156,7 +156,7 @@ def revoke_token(jti_or_token: str, reason: str | None) -> None:
     """Revoke one token, given its jti or the token itself."""
     if jti_or_token.count(".") == 2:
         try:
-            claims = claims_for_revocation(jti_or_token)
+            claims = claims_for_revocation(jti_or_token, services().settings)
         except ApiError as error:
             raise click.ClickException(error.detail) from None
         _revoke(lambda store: store.revoke_token(claims, token_digest(claims), "cli", reason))

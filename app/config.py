@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values
+from limits import parse
 
 from app.redis_url import RedisTarget, RedisUrlError, parse_redis_url
 
@@ -159,8 +160,6 @@ def _optional(env: Mapping[str, str], name: str, default: str | None) -> str | N
 
 
 def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
-    from limits import parse
-
     value = env.get(name, "").strip() or default
     try:
         parse(value)

@@ -7,8 +7,8 @@ from flask import Flask, Response, request
 from flask_swagger_ui import get_swaggerui_blueprint
 
 from app.api import json_response
+from app.gate import admit
 from app.openapi import build_openapi
-from app.security.gate import admit
 from app.services import services
 
 DOCS_PATH = "/docs"

@@ -8,6 +8,10 @@ from typing import Any
 
 import orjson
 from flask import Flask, Response
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from app.metrics import BACKEND_ERRORS
@@ -155,11 +159,6 @@ def _unexpected(error: Exception) -> Response:
 
 def is_outage(error: BaseException) -> bool:
     """True for errors that mean the database or Redis cannot be reached."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-    from sqlalchemy.exc import DBAPIError, OperationalError
-    from sqlalchemy.exc import TimeoutError as PoolTimeout
-
     if isinstance(error, (RedisConnectionError, RedisTimeoutError, OperationalError, PoolTimeout)):
         return True
     return isinstance(error, DBAPIError) and error.connection_invalidated

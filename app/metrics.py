@@ -3,9 +3,11 @@ process or, under a multi-process server, from every worker (ARCHITECTURE.md, "O
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 REQUESTS = Counter("taskgate_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=None)
 LATENCY = Histogram("taskgate_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
@@ -25,6 +27,18 @@ METRICS = (REQUESTS, LATENCY, TOKEN_FAILURES, REVOCATION_CHECKS, BACKEND_ERRORS,
            REVOCATIONS_LOST, REDIS_EVICTING)
 
 _labelled: dict[tuple, Any] = {}
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def exposition() -> bytes:
+    """Prometheus text: this process's metrics, or every worker's under PROMETHEUS_MULTIPROC_DIR."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        for metric in METRICS:
+            registry.register(metric)
+    return generate_latest(registry)
 
 
 def labelled(metric: Any, *labels: str) -> Any:

@@ -7,7 +7,6 @@ or, when PROMETHEUS_MULTIPROC_DIR is set (gunicorn.conf.py sets it), from every 
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import re
@@ -15,11 +14,8 @@ import time
 from typing import Any
 
 from flask import Flask, Request, Response, g, request
-from prometheus_client import CollectorRegistry, generate_latest, multiprocess
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from app.errors import NotFound, Unauthorized
-from app.metrics import LATENCY, METRICS, REQUESTS, TOKEN_FAILURES, labelled
+from app.metrics import LATENCY, REQUESTS, TOKEN_FAILURES, labelled
 
 access_log = logging.getLogger("taskgate.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -105,30 +101,6 @@ def _security_headers(response: Response, req: Request, authenticated: bool, req
     headers.extend(missing)
 
 
-def metrics_view() -> Response:
-    """Prometheus text. With METRICS_TOKEN set it needs `Authorization: Bearer <token>`;
-    without, it is served in development and testing only (404 in production)."""
-    from app.security.gate import admit
-    from app.services import services
-
-    found = services()
-    admit(request, found, None)  # the per-IP limit of anonymous endpoints
-    token = found.settings.metrics_token
-    if token is None and found.settings.is_production:
-        raise NotFound()
-    if token is not None and not hmac.compare_digest(request.headers.get("Authorization", "").encode(),
-                                                     f"Bearer {token}".encode()):
-        raise Unauthorized("invalid_token", "/metrics needs the configured METRICS_TOKEN.")
-    registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)
-    else:
-        for metric in METRICS:
-            registry.register(metric)
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
-
-
 def init_observability(app: Flask) -> None:
     app.before_request(_start)
     app.after_request(_finish)
-    app.add_url_rule("/metrics", "metrics", metrics_view)

@@ -63,49 +63,57 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     ]
 
 
-def _operation(spec: Any, path_params: list[dict[str, Any]], operation_id: str) -> dict[str, Any]:
-    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-    responses: dict[str, Any] = {}
+def _error_statuses(spec: Any) -> set[int]:
+    """The errors an endpoint can answer, from what it declares."""
+    errors = set(spec.errors) | {503}
+    conditional = {
+        401: spec.auth is not None,
+        429: spec.auth is not None or spec.rate_limited,
+        403: spec.auth == "admin",
+        422: bool(spec.body or spec.query or spec.path),  # (a form's errors are OAuth's 400)
+        413: bool(spec.body or spec.form),
+        415: bool(spec.body),
+    }
+    return errors | {status for status, applies in conditional.items() if applies}
+
+
+def _responses(spec: Any) -> dict[str, Any]:
     success: dict[str, Any] = {"description": spec.summary}
     if spec.response is not None:
         success["content"] = {"application/json": {"schema": _schema_ref(spec.response)}}
     if spec.headers:
         success["headers"] = {name: {"description": text, "schema": {"type": "string"}}
                               for name, text in spec.headers.items()}
-    responses[str(spec.status)] = success
-    errors = set(spec.errors) | {503}
-    if spec.auth:
-        errors.add(401)
-    if spec.auth or spec.rate_limited:
-        errors.add(429)
-    if spec.auth == "admin":
-        errors.add(403)
-    if spec.body or spec.query or spec.path:  # (a form's errors are OAuth's 400)
-        errors.add(422)
-    if spec.body:
-        errors |= {413, 415}
-    if spec.form:
-        errors.add(413)
-    for status in sorted(errors):
-        content = problem
-        if status == 400 and spec.form:
-            content = {"application/json": {"schema": {"$ref": "#/components/schemas/OAuthError"}}}
+    responses = {str(spec.status): success}
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    oauth = {"application/json": {"schema": {"$ref": "#/components/schemas/OAuthError"}}}
+    for status in sorted(_error_statuses(spec)):
+        content = oauth if status == 400 and spec.form else problem
         responses[str(status)] = {"description": ERROR_DESCRIPTIONS[status], "content": content}
+    return responses
+
+
+def _request_body(spec: Any) -> dict[str, Any] | None:
+    if spec.form:
+        return {"required": True, "content": {"application/x-www-form-urlencoded": {
+            "schema": {"$ref": f"#/components/schemas/{spec.form.__name__}"}}}}
+    if spec.body:
+        return {"required": spec.body_required,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}}}}
+    return None
+
+
+def _operation(spec: Any, path_params: list[dict[str, Any]], operation_id: str) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": spec.summary,
         "tags": [spec.tag],
         "parameters": path_params + (_query_parameters(spec.query) if spec.query else []),
-        "responses": responses,
+        "responses": _responses(spec),
     }
-    if spec.form:
-        operation["requestBody"] = {"required": True, "content": {
-            "application/x-www-form-urlencoded": {"schema": {"$ref": f"#/components/schemas/{spec.form.__name__}"}}}}
-    if spec.body:
-        operation["requestBody"] = {
-            "required": spec.body_required,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{spec.body.__name__}"}}},
-        }
+    body = _request_body(spec)
+    if body is not None:
+        operation["requestBody"] = body
     operation["security"] = [{"bearerAuth": []}] if spec.auth else []
     return operation
 

@@ -7,17 +7,15 @@ reaches it through `services()`, never through string keys of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
-if TYPE_CHECKING:
-    from app.config import Settings
-    from app.db import Database
-    from app.rate_limits import RateLimits
-    from app.revocation.store import RevocationStore
-    from app.security.jwks import JwksKeySet
-    from app.security.verified_tokens import VerifiedTokens
+from app.config import Settings
+from app.db import Database
+from app.rate_limits import RateLimits
+from app.revocation.store import RevocationStore
+from app.security.jwks import JwksKeySet
+from app.security.verified_tokens import VerifiedTokens
 
 EXTENSION_KEY = "taskgate"
 

@@ -7,9 +7,10 @@ import time
 
 import pytest
 
+from app import gate
 from app.config import load_settings
 from app.errors import TokenRejected
-from app.security import gate, tokens
+from app.security import tokens
 from app.security.tokens import Principal
 from app.security.verified_tokens import VerifiedTokens
 from tests.conftest import bearer

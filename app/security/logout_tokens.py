@@ -18,6 +18,7 @@ import jwt as pyjwt
 
 from app.config import Settings
 from app.errors import ApiError
+from app.security.jwks import JwksKeySet
 from app.security.tokens import (
     FORBIDDEN_HEADERS,
     SignedToken,
@@ -80,12 +81,12 @@ def check_shape(signed: SignedToken, settings: Settings, now: float) -> None:
                "revoked_before must be a date no later than iat")
 
 
-def verify_signature(token: str, signed: SignedToken, settings: Settings) -> None:
+def verify_signature(token: str, signed: SignedToken, settings: Settings, keys: JwksKeySet | None) -> None:
     """The signature with the key the access-token policy would choose (decode_key: the
     algorithm from configuration, the secret or a JWKS key of that family), and exp, iss and
     aud through PyJWT."""
     try:
-        key = decode_key(signed.header, signed.claims)
+        key = decode_key(signed.header, settings, keys)
     except ApiError as error:
         if error.status != 401:  # no signing keys at all: 503, the sender retries
             raise
@@ -105,7 +106,7 @@ def verify_signature(token: str, signed: SignedToken, settings: Settings) -> Non
         raise InvalidLogoutToken("the token's signature is not valid") from None
 
 
-def validate(token: Any, settings: Settings, now: float | None = None) -> LogoutToken:
+def validate(token: Any, settings: Settings, keys: JwksKeySet | None, now: float | None = None) -> LogoutToken:
     now = time.time() if now is None else now
     _check(isinstance(token, str) and 0 < len(token) <= 16384, "logout_token is required")
     try:
@@ -113,7 +114,7 @@ def validate(token: Any, settings: Settings, now: float | None = None) -> Logout
     except ApiError:
         raise InvalidLogoutToken("logout_token is not a signed JWT") from None
     check_shape(signed, settings, now)
-    verify_signature(token.strip(), signed, settings)
+    verify_signature(token.strip(), signed, settings, keys)
     claims = signed.claims
     return LogoutToken(claims["iss"], claims["jti"], float(claims["iat"]), claims.get("sub"), claims.get("sid"),
                        float(claims.get("revoked_before", claims["iat"])))

@@ -25,7 +25,7 @@ from jwt.exceptions import ExpiredSignatureError
 
 from app.config import SYMMETRIC_ALGORITHMS, Settings
 from app.errors import ApiError, TokenRejected, ValidationFailed
-from app.services import services
+from app.security.jwks import JwksKeySet
 
 MAX_ID_LENGTH = 255
 # Header parameters we refuse outright: critical extensions we do not implement,
@@ -170,19 +170,19 @@ def check_expiry(exp: float, settings: Settings, now: float) -> None:
         raise TokenRejected("The token has expired.", "token_expired")
 
 
-def decode_key(header: dict[str, Any], _claims: dict[str, Any]) -> Any:
-    """flask-jwt-extended's `decode_key_loader`: the one key that may verify this token."""
-    found = services()
+def decode_key(header: dict[str, Any], settings: Settings, keys: JwksKeySet | None) -> Any:
+    """The one key that may verify a token with this header: algorithms come from
+    configuration, never from the token (flask-jwt-extended's `decode_key_loader`)."""
     alg = header.get("alg")
-    if alg not in found.settings.algorithms:
+    if alg not in settings.algorithms:
         raise TokenRejected("The token's algorithm is not accepted.")
     if FORBIDDEN_HEADERS & header.keys():
         raise TokenRejected("The token uses header parameters this API does not accept.")
     if alg in SYMMETRIC_ALGORITHMS:
-        return found.settings.secret
-    if found.keys is None:
+        return settings.secret  # set whenever HS256 is accepted (app.config.shared_secret)
+    if keys is None:
         raise TokenRejected("The token's algorithm is not accepted.")
-    return found.keys.key_for(header)
+    return keys.key_for(header)
 
 
 def verify_signature(token: str, signed: SignedToken, allow_expired: bool = False) -> None:
@@ -259,10 +259,9 @@ def principal_from_claims(claims: dict[str, Any], settings: Settings, key_id: st
     )
 
 
-def claims_for_revocation(token: str) -> dict[str, Any]:
+def claims_for_revocation(token: str, settings: Settings) -> dict[str, Any]:
     """The claims, as signed, of a token this service would accept (expired or not), for an
     admin revoking it; anything else is a 422 (there is nothing to revoke)."""
-    settings = services().settings
     token = token.strip()
     try:
         signed = read_segments(token)

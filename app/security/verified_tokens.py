@@ -1,7 +1,7 @@
 """Tokens this worker has fully verified, so a repeat skips parsing and signature checks.
 
 Never a shortcut past a check whose answer can change: expiry and maximum age are checked
-again on every use, revocation is checked on every request (app.security.gate), and a token
+again on every use, revocation is checked on every request (app.gate), and a token
 signed with a JWKS key is honoured only while the key set still publishes that key unchanged.
 Bounded (LRU), and an entry lives at most `ttl` seconds.
 """
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.config import Settings
+from app.security.jwks import JwksKeySet
 from app.security.tokens import Principal, check_age, check_expiry
-
-if TYPE_CHECKING:
-    from app.security.jwks import JwksKeySet
 
 
 class VerifiedTokens:

@@ -53,7 +53,7 @@ def revoke_token(principal: Principal, body: RevokeTokenRequest):
     if body.jti is not None:
         record = store.revoke_jti(body.jti, _actor(principal), body.reason)
     else:
-        claims = claims_for_revocation(body.token)
+        claims = claims_for_revocation(body.token, services().settings)
         record = store.revoke_token(claims, token_digest(claims), _actor(principal), body.reason)
     return json_response({"revoked": record.kind, "target": record.target})
 

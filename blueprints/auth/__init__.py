@@ -62,7 +62,7 @@ def backchannel_logout():
     found = services()
     try:
         form = parse_form(BackchannelLogoutForm)
-        logout = logout_tokens.validate(form.logout_token, found.settings)
+        logout = logout_tokens.validate(form.logout_token, found.settings, found.keys)
     except (InvalidRequest, logout_tokens.InvalidLogoutToken) as error:
         if found.rate_limits is not None:
             found.rate_limits.authentication_failed(request.remote_addr)
