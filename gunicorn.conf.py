@@ -2,11 +2,11 @@
 
 Run with:  gunicorn -c gunicorn.conf.py wsgi:app
 
-This file never imports the application (its import would load prometheus_client in the
-master before PROMETHEUS_MULTIPROC_DIR is set, and metrics would silently stop adding up
-across workers). gunicorn's own log lines are JSON in the app's format (time, level,
-logger, message), so stderr has one format. Every setting can be overridden by an
-environment variable (GUNICORN_CMD_ARGS, if set, is applied by gunicorn after
+This file never imports the application, only the reader of its settings (app.config) and
+its log format (app.logs): the application would load prometheus_client in the master before
+PROMETHEUS_MULTIPROC_DIR is set, and metrics would silently stop adding up across workers.
+gunicorn's own log lines are JSON in the app's format, so stderr has one format. Every setting
+comes from an environment variable (GUNICORN_CMD_ARGS, if set, is applied by gunicorn after
 this file and wins over everything here):
 
   PORT                          port to bind on 0.0.0.0              (8000)
@@ -44,53 +44,23 @@ this file and wins over everything here):
                                 defaults to FORWARDED_ALLOW_IPS)
 """
 
-import logging
 import logging.handlers
 import os
 import resource
-from datetime import UTC, datetime
 
-import orjson
 from gunicorn.glogging import Logger
 
-# serve.py, beside this file (gunicorn puts its directory on sys.path before reading this
-# file), holds what both servers do at start; it imports nothing but the standard library.
-from serve import cpus_available, prepare_metrics_directory, raise_open_files_limit
+# serve.py is beside this file (gunicorn puts its directory on sys.path before reading this
+# file). app.config and app.logs load neither the app nor prometheus_client into the master.
+from app.config import load_server_settings
+from app.logs import JsonFormatter
+from serve import prepare_metrics_directory, raise_open_files_limit
 
-
-def _env_str(name, default):
-    value = os.environ.get(name)
-    return default if value is None else value.strip()
-
-
-def _env_int(name, default, minimum=0):
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _env_bool(name, default):
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be 1 or 0, got {raw!r}")
-
+_settings = load_server_settings(os.environ)
 
 # --- Socket -----------------------------------------------------------------
-_port = _env_int("PORT", 8000, minimum=1)
-bind = [b.strip() for b in _env_str("GUNICORN_BIND", f"0.0.0.0:{_port}").split(",") if b.strip()]
-backlog = _env_int("GUNICORN_BACKLOG", 2048, minimum=1)
+bind = list(_settings.bind)
+backlog = _settings.backlog
 # One listening socket per worker (gunicorn binds them in each worker when reuse_port is
 # set), and the kernel spreads new connections evenly across them. With one shared socket,
 # whichever worker wakes first accepts, and keep-alive connections pile up on a few
@@ -100,7 +70,7 @@ backlog = _env_int("GUNICORN_BACKLOG", 2048, minimum=1)
 # (net.ipv4.tcp_migrate_req=1, Linux 5.14+; docker-compose.yml sets it). (A unix socket
 # path, port 0 or systemd's socket activation: one shared socket, unless
 # GUNICORN_REUSE_PORT=1 asks otherwise, which then fails the start; see on_starting.)
-reuse_port = _env_bool("GUNICORN_REUSE_PORT", True)
+reuse_port = _settings.reuse_port
 
 # --- Workers ----------------------------------------------------------------
 # gthread: each worker runs `threads` request threads plus a poller that holds
@@ -110,27 +80,26 @@ reuse_port = _env_bool("GUNICORN_REUSE_PORT", True)
 # sockets are no longer serviced), and nothing guarantees the kernel spreads
 # connections evenly between workers, so one worker alone must be able to hold
 # the 1000 concurrent connections the service has to sustain: hence 2000.
-worker_class = _env_str("GUNICORN_WORKER_CLASS", "gthread") or "gthread"
+worker_class = _settings.worker_class
 # Two per CPU, two threads each: one gthread worker is one GIL-bound process, and while
 # its threads wait on PostgreSQL and Redis it cannot keep a core busy, so one per CPU is
 # too few; past that, every extra process and thread is more switching between them on
 # the same cores. The worker sweeps and full runs behind these defaults are in
 # bench/RESULTS.md.
 # WEB_CONCURRENCY is what hosting platforms (Heroku, Render, ...) set for the worker count.
-workers = _env_int("GUNICORN_WORKERS", _env_int("WEB_CONCURRENCY", max(2, 2 * cpus_available()), minimum=1),
-                   minimum=1)
-threads = _env_int("GUNICORN_THREADS", 2, minimum=1)
-worker_connections = _env_int("GUNICORN_WORKER_CONNECTIONS", 2000, minimum=1)
+workers = _settings.workers
+threads = _settings.threads
+worker_connections = _settings.worker_connections
 
-keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
-timeout = _env_int("GUNICORN_TIMEOUT", 30)
-graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 25)
+keepalive = _settings.keepalive
+timeout = _settings.timeout
+graceful_timeout = _settings.graceful_timeout
 
 # Off by default: recycling a gthread worker stalls its share of the keep-alive
 # connections for seconds and leaves the others on one worker, and memory stays flat
 # (bench/RESULTS.md). Set it if a leak ever shows; the jitter then spreads restarts.
-max_requests = _env_int("GUNICORN_MAX_REQUESTS", 0)
-max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 1000)
+max_requests = _settings.max_requests
+max_requests_jitter = _settings.max_requests_jitter
 
 # Not preloaded: every worker imports the app and opens its own database and
 # Redis connections after fork(). Sockets/pools created in the master and
@@ -140,18 +109,14 @@ preload_app = False
 
 # Worker heartbeat files: on tmpfs so a slow/overlay disk can't stall workers
 # into being killed by `timeout`.
-_tmp_dir = _env_str("GUNICORN_WORKER_TMP_DIR", "")
-if _tmp_dir:
-    worker_tmp_dir = _tmp_dir
-elif os.path.isdir("/dev/shm"):
-    worker_tmp_dir = "/dev/shm"
+if _settings.worker_tmp_dir:
+    worker_tmp_dir = _settings.worker_tmp_dir
 
 # gunicorn >= 25.1 opens a control socket (for `gunicornc`) under $HOME by
 # default; the container user has no writable home, so it is off unless a
 # path is given.
-_control_socket = _env_str("GUNICORN_CONTROL_SOCKET", "")
-if _control_socket:
-    control_socket = _control_socket
+if _settings.control_socket:
+    control_socket = _settings.control_socket
 else:
     control_socket_disable = True
 
@@ -159,25 +124,9 @@ else:
 # Off by default: the application writes its own structured access log (one
 # JSON line per request, with request id and user), so gunicorn's line would
 # duplicate it. Set GUNICORN_ACCESS_LOG=- to get gunicorn's log on stdout.
-accesslog = _env_str("GUNICORN_ACCESS_LOG", "") or None
-errorlog = _env_str("GUNICORN_ERROR_LOG", "-") or "-"
-loglevel = (_env_str("GUNICORN_LOG_LEVEL", "") or _env_str("LOG_LEVEL", "") or "info").lower()
-
-
-class JsonFormatter(logging.Formatter):
-    """The line app/logs.py writes (tests/integration/test_gunicorn_logs.py keeps them equal)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+accesslog = _settings.access_log
+errorlog = _settings.error_log
+loglevel = _settings.log_level
 
 
 class JsonLogger(Logger):
@@ -201,8 +150,8 @@ logger_class = JsonLogger
 # proxy or load balancer on another host/container, set FORWARDED_ALLOW_IPS to
 # its address(es). secure_scheme_headers keeps gunicorn's default
 # (X-Forwarded-Proto: https, X-Forwarded-Ssl: on, X-Forwarded-Protocol: ssl).
-forwarded_allow_ips = _env_str("FORWARDED_ALLOW_IPS", "127.0.0.1") or "127.0.0.1"
-proxy_allow_ips = _env_str("PROXY_ALLOW_IPS", "") or forwarded_allow_ips
+forwarded_allow_ips = _settings.forwarded_allow_ips
+proxy_allow_ips = _settings.proxy_allow_ips
 
 
 # --- Hooks ------------------------------------------------------------------
@@ -216,7 +165,7 @@ def _raise_nofile_limit(server):
     cfg = server.cfg
     # Per process: a worker's client sockets plus headroom for DB/Redis
     # sockets, log files and imports.
-    wanted = _env_int("GUNICORN_NOFILE", cfg.worker_connections + 1024, minimum=1)
+    wanted = _settings.nofile
     try:
         soft = raise_open_files_limit(wanted)
         if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -246,7 +195,7 @@ def _check_reuse_port(server):
     # activation hands over one socket: unless asked for explicitly, fall back to it.
     unsuitable = [address for address, parsed in addresses if not isinstance(parsed, tuple) or parsed[1] == 0]
     if unsuitable or os.environ.get("LISTEN_FDS"):
-        if os.environ.get("GUNICORN_REUSE_PORT", "").strip():
+        if _settings.reuse_port_asked:
             raise RuntimeError(f"GUNICORN_REUSE_PORT=1 needs TCP addresses with a port and no socket "
                                f"activation ({', '.join(unsuitable) or 'LISTEN_FDS is set'}); "
                                "set GUNICORN_REUSE_PORT=0")

@@ -2,7 +2,7 @@
 
 import sys
 
-from app import ConfigError, create_app
+from app.factory import ConfigError, create_app
 
 try:
     app = create_app()

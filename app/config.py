@@ -1,8 +1,7 @@
-"""Settings read from the environment (CONTRACT §5), validated once at start-up.
-
-`load_settings` is the only place that reads configuration. It reads each area on its own
-(application, database, Redis, tokens, HTTP, rate limits), then checks the rules that tie
-areas together in a last pass. Everything else gets the frozen `Settings`.
+"""Settings read from the environment (CONTRACT §5), validated once at start-up: the app's
+(`load_settings`: each area on its own, then the rules that tie areas together) and the
+servers' (`load_server_settings`, for serve.py and gunicorn.conf.py). Nothing else reads the
+environment; everything else gets a frozen dataclass (ARCHITECTURE.md, "Settings").
 """
 
 from __future__ import annotations
@@ -423,3 +422,139 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
     for rule in RULES:
         rule(draft)
     return Settings(**draft.values, warnings=tuple(draft.warnings))
+
+
+# --- the servers (serve.py, gunicorn.conf.py) ---------------------------------------------
+
+SERVERS = ("gunicorn", "granian")  # what SERVER may name; the first is the default
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    server: str
+    bind: tuple[str, ...]  # gunicorn's addresses; granian listens on the first
+    backlog: int
+    reuse_port: bool
+    reuse_port_asked: bool  # GUNICORN_REUSE_PORT set explicitly (a fallback to one socket is then an error)
+    graceful_timeout: int
+    # gunicorn
+    worker_class: str
+    workers: int
+    threads: int
+    worker_connections: int
+    keepalive: int
+    timeout: int
+    max_requests: int
+    max_requests_jitter: int
+    nofile: int
+    worker_tmp_dir: str | None
+    control_socket: str | None
+    access_log: str | None
+    error_log: str
+    log_level: str
+    forwarded_allow_ips: str
+    proxy_allow_ips: str
+    # granian
+    granian_workers: int
+    granian_threads: int
+    granian_backpressure: int
+    granian_header_timeout: int
+
+
+def cpus_available(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its CPU affinity, capped by a cgroup CPU quota (both servers'
+    default worker count). os.cpu_count() alone reports every CPU of the host, which inside a
+    container limited with --cpus or a Kubernetes CPU limit would start far too many workers."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup)
+    if quota:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
+def _cgroup_quota(cgroup: Path) -> float | None:
+    try:  # cgroup v2
+        limit, period = (cgroup / "cpu.max").read_text(encoding="ascii").split()[:2]
+        return int(limit) / int(period) if limit != "max" else None
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        limit = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text(encoding="ascii"))
+        period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None
+    return limit / period if limit > 0 and period > 0 else None
+
+
+def _first_int(env: Mapping[str, str], names: tuple[str, ...], default: int) -> int:
+    """The first of `names` that is set (a server's own variable before the one it shares)."""
+    for name in names:
+        if env.get(name, "").strip():
+            return _int(env, name, default, minimum=1)
+    return default
+
+
+def _bind(env: Mapping[str, str]) -> tuple[str, ...]:
+    port = _int(env, "PORT", 8000, minimum=1, maximum=65535)
+    bind = tuple(part.strip() for part in env.get("GUNICORN_BIND", f"0.0.0.0:{port}").split(",") if part.strip())
+    for address in bind:
+        if not address.startswith("unix:") and not address.rpartition(":")[2].isdigit():
+            raise ConfigError(f"GUNICORN_BIND must be host:port or unix:PATH, got {address!r}")
+    return bind
+
+
+def _gunicorn(env: Mapping[str, str]) -> dict[str, Any]:
+    # Two per CPU, two threads each (gunicorn.conf.py says why; bench/RESULTS.md has the sweeps).
+    workers = _first_int(env, ("GUNICORN_WORKERS", "WEB_CONCURRENCY"), max(2, 2 * cpus_available()))
+    connections = _int(env, "GUNICORN_WORKER_CONNECTIONS", 2000, minimum=1)
+    forwarded = env.get("FORWARDED_ALLOW_IPS", "").strip() or "127.0.0.1"
+    tmp_dir = env.get("GUNICORN_WORKER_TMP_DIR", "").strip() or ("/dev/shm" if Path("/dev/shm").is_dir() else None)  # noqa: S108
+    return {
+        "worker_class": env.get("GUNICORN_WORKER_CLASS", "").strip() or "gthread",
+        "workers": workers,
+        "threads": _int(env, "GUNICORN_THREADS", 2, minimum=1),
+        "worker_connections": connections,
+        "keepalive": _int(env, "GUNICORN_KEEPALIVE", 5),
+        "timeout": _int(env, "GUNICORN_TIMEOUT", 30),
+        "max_requests": _int(env, "GUNICORN_MAX_REQUESTS", 0),
+        "max_requests_jitter": _int(env, "GUNICORN_MAX_REQUESTS_JITTER", 1000),
+        "nofile": _int(env, "GUNICORN_NOFILE", connections + 1024, minimum=1),
+        "worker_tmp_dir": tmp_dir,
+        "control_socket": env.get("GUNICORN_CONTROL_SOCKET", "").strip() or None,
+        "access_log": env.get("GUNICORN_ACCESS_LOG", "").strip() or None,
+        "error_log": env.get("GUNICORN_ERROR_LOG", "").strip() or "-",
+        "log_level": (env.get("GUNICORN_LOG_LEVEL", "").strip() or env.get("LOG_LEVEL", "").strip()
+                      or "info").lower(),
+        "forwarded_allow_ips": forwarded,
+        "proxy_allow_ips": env.get("PROXY_ALLOW_IPS", "").strip() or forwarded,
+    }
+
+
+def _granian(env: Mapping[str, str]) -> dict[str, Any]:
+    # One per CPU: granian's I/O runs outside the GIL.
+    return {
+        "granian_workers": _first_int(env, ("GRANIAN_WORKERS", "GUNICORN_WORKERS", "WEB_CONCURRENCY"),
+                                      cpus_available()),
+        "granian_threads": _first_int(env, ("GRANIAN_BLOCKING_THREADS", "GUNICORN_THREADS"), 2),
+        "granian_backpressure": _int(env, "GRANIAN_BACKPRESSURE", 4096, minimum=1),
+        "granian_header_timeout": _int(env, "GRANIAN_HEADER_TIMEOUT", 10, minimum=1),
+    }
+
+
+def load_server_settings(env: Mapping[str, str]) -> ServerSettings:
+    server = env.get("SERVER", "").strip().lower() or SERVERS[0]
+    if server not in SERVERS:
+        raise ConfigError(f"SERVER must be {' or '.join(SERVERS)}, got {server!r}")
+    return ServerSettings(
+        server=server,
+        bind=_bind(env),
+        backlog=_int(env, "GUNICORN_BACKLOG", 2048, minimum=1),
+        reuse_port=_bool(env, "GUNICORN_REUSE_PORT", True),
+        reuse_port_asked=bool(env.get("GUNICORN_REUSE_PORT", "").strip()),
+        graceful_timeout=_int(env, "GUNICORN_GRACEFUL_TIMEOUT", 25),
+        **_gunicorn(env),
+        **_granian(env),
+    )

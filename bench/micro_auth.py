@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis  # noqa: E402
 
-from app import create_app  # noqa: E402
+from app.factory import create_app  # noqa: E402
 from tests.conftest import SECRET, bearer, encode  # noqa: E402
 from tests.jwks_server import JwksServer, SigningKey  # noqa: E402
 from tests.servers import free_port, wait_until  # noqa: E402

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 from flask import Flask  # noqa: E402
 
-from app import create_app  # noqa: E402
 from app.cli import mint_token  # noqa: E402
+from app.factory import create_app  # noqa: E402
 from bench.run import PG_ADMIN_URL, seed_postgresql, user_id  # noqa: E402
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")

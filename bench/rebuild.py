@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
 
-from app import create_app  # noqa: E402
 from app.errors import ApiError  # noqa: E402
+from app.factory import create_app  # noqa: E402
 from app.revocation.layout import BUCKETS, bucket_of  # noqa: E402
 from app.security.tokens import principal_from_claims  # noqa: E402
 from app.services import services  # noqa: E402

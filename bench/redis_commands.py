@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alembic import command  # noqa: E402
 
-from app import create_app  # noqa: E402
 from app.cli import alembic_config  # noqa: E402
+from app.factory import create_app  # noqa: E402
 from app.services import services  # noqa: E402
 from tests.conftest import encode  # noqa: E402
 from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet  # noqa: E402

@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from app import create_app
 from app.cli import alembic_config
+from app.factory import create_app
 from app.services import services
 from tests.services import create_postgres_database
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jwt as pyjwt
 
-from app import create_app
+from app.factory import create_app
 from tests.conftest import SECRET, bearer
 
 

@@ -88,7 +88,7 @@ def db_down():
 ])
 def test_a_database_that_refuses_connections_is_a_503_on_every_task_route(method, path, body, as_user):
     """No pooled connection to fall back on: the pool's first connect fails."""
-    from app import create_app
+    from app.factory import create_app
     from tests.conftest import SECRET
 
     app = create_app({"APP_ENV": "testing", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from flask import Blueprint
 
-from app import ConfigError, create_app
+from app.factory import ConfigError, create_app
 from app.services import services
 from tests.conftest import SECRET
 from tests.test_settings import PRODUCTION

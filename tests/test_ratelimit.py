@@ -56,7 +56,7 @@ def test_anonymous_endpoints_are_limited_per_ip_but_liveness_is_not(client, path
 
 
 def test_rate_limits_are_off_in_tests_by_default(tmp_path):
-    from app import create_app
+    from app.factory import create_app
 
     app = create_app({"APP_ENV": "testing", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "REDIS_URL": "",
                       "RATE_LIMITS_ENABLED": None})
@@ -64,7 +64,7 @@ def test_rate_limits_are_off_in_tests_by_default(tmp_path):
 
 
 def test_a_bad_limit_is_a_config_error(tmp_path):
-    from app import ConfigError, create_app
+    from app.factory import ConfigError, create_app
 
     with pytest.raises(ConfigError, match="RATE_LIMIT_USER"):
         create_app({"APP_ENV": "testing", "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",

@@ -34,9 +34,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from app import build_services
 from app.config import load_settings
 from app.errors import ServiceUnavailable
+from app.factory import build_services
 from app.security.tokens import principal_from_claims, token_digest
 from app.services import Services
 from tests.redis_topologies import PersistentRedis

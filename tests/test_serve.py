@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import serve
+from app.config import cpus_available, load_server_settings
 from tests.servers import ROOT
 
 SERVE_VARIABLES = ("SERVER", "GRANIAN_WORKERS", "GUNICORN_WORKERS", "WEB_CONCURRENCY", "GRANIAN_BLOCKING_THREADS",
@@ -25,17 +26,21 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
+def granian() -> tuple[int, int, int]:
+    settings = load_server_settings(os.environ)
+    return settings.granian_workers, settings.granian_threads, settings.granian_backpressure
+
+
 def test_granian_takes_gunicorns_variables_and_its_own_win(clean_env):
-    assert serve.granian_settings()["workers"] == serve.cpus_available()  # one per CPU available
+    assert granian() == (cpus_available(), 2, 4096)  # one per CPU; backpressure above 1000+ clients
     clean_env.setenv("WEB_CONCURRENCY", "5")
     clean_env.setenv("GUNICORN_THREADS", "3")
-    assert (serve.granian_settings()["workers"], serve.granian_settings()["threads"]) == (5, 3)
+    assert granian()[:2] == (5, 3)
     clean_env.setenv("GUNICORN_WORKERS", "4")
-    assert serve.granian_settings()["workers"] == 4
+    assert granian()[0] == 4
     clean_env.setenv("GRANIAN_WORKERS", "2")
     clean_env.setenv("GRANIAN_BLOCKING_THREADS", "6")
-    assert (serve.granian_settings()["workers"], serve.granian_settings()["threads"]) == (2, 6)
-    assert serve.granian_settings()["backpressure"] == 4096  # above 1000+ keep-alive clients
+    assert granian()[:2] == (2, 6)
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -55,13 +60,16 @@ def test_a_bad_setting_is_one_line_and_exit_78(env, message):
 
 
 def test_the_address_granian_listens_on(clean_env):
-    assert serve.listen_address() == {"address": "0.0.0.0", "port": 8000}
+    def address() -> dict[str, object]:
+        return serve.listen_address(load_server_settings(os.environ).bind)
+
+    assert address() == {"address": "0.0.0.0", "port": 8000}
     clean_env.setenv("PORT", "9000")
-    assert serve.listen_address() == {"address": "0.0.0.0", "port": 9000}
+    assert address() == {"address": "0.0.0.0", "port": 9000}
     clean_env.setenv("GUNICORN_BIND", "[::1]:8001,127.0.0.1:8002")
-    assert serve.listen_address() == {"address": "::1", "port": 8001}
+    assert address() == {"address": "::1", "port": 8001}
     clean_env.setenv("GUNICORN_BIND", "unix:/run/taskgate.sock")
-    assert serve.listen_address() == {"uds": "/run/taskgate.sock"}
+    assert address() == {"uds": "/run/taskgate.sock"}
 
 
 def test_granian_raises_a_low_open_file_limit_for_its_connections():
@@ -89,4 +97,4 @@ def test_the_default_worker_count_honours_a_container_cpu_quota(tmp_path, files,
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(content)
     affinity = len(os.sched_getaffinity(0))
-    assert serve.cpus_available(tmp_path) == (affinity if expected is None else min(affinity, expected))
+    assert cpus_available(tmp_path) == (affinity if expected is None else min(affinity, expected))

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from serve import SERVERS
+from app.config import SERVERS
 from tests import servers
 from tests.conftest import SECRET, emptied
 from tests.servers import METRICS_TOKEN  # noqa: F401 - the tests read it from here

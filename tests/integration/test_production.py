@@ -171,7 +171,7 @@ def test_entrypoint_gives_up_on_an_unreachable_database_without_leaking_the_url(
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
 def test_production_refuses_a_redis_that_evicts_keys(production_env, policy):
-    from app import ConfigError, create_app
+    from app.factory import ConfigError, create_app
     from tests.servers import RedisServer
 
     with RedisServer() as private_redis:

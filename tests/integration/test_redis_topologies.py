@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from serve import SERVERS
+from app.config import SERVERS
 from tests.conftest import bearer
 from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
 from tests.servers import AppServer, RedisServer

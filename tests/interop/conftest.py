@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app import create_app
+from app.factory import create_app
 from app.services import services
 from tests.interop.issuer import PLUGIN_DIR, BetterAuthIssuer, ensure_plugin_dev_installed
 

@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from app import create_app  # noqa: E402
+from app.factory import create_app  # noqa: E402
 from app.services import services  # noqa: E402
 from tests.conftest import SECRET, encode  # noqa: E402
 

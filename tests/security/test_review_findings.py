@@ -253,7 +253,7 @@ class TestAnonymousEndpoints:
 
 
 def test_7_metrics_are_off_in_production_without_a_token(tmp_path):
-    from app import create_app
+    from app.factory import create_app
 
     app = create_app({"APP_ENV": "production", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",
                       "REDIS_URL": "redis://127.0.0.1:1/0", "BETTER_AUTH_SECRET": SECRET, "RATE_LIMITS_ENABLED": "0",
