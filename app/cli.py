@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from app.revocation.store import RevocationStore
 from app.security.tokens import claims_for_revocation, is_identifier, token_digest
 from app.services import services
 
+log = logging.getLogger("taskgate.db")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 db_cli = AppGroup("db", help="Database migrations (Alembic).")
@@ -43,6 +46,27 @@ def _config() -> Config:
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
     command.upgrade(_config(), revision)
+
+
+@db_cli.command("wait")
+@click.option("--timeout", "seconds", default=60, show_default=True, type=click.IntRange(0, 3600),
+              help="Give up after this many seconds (0: one attempt).")
+def db_wait(seconds: int) -> None:
+    """Wait until the database accepts a connection (the image's entrypoint, before migrating).
+    Each attempt is a JSON log line; exit status 1 when it gives up."""
+    database, started = services().database, time.monotonic()
+    for attempt in itertools.count(1):
+        problem = database.reachable()
+        waited = time.monotonic() - started
+        fields = {"attempt": attempt, "seconds": round(waited, 1)}
+        if problem is None:
+            log.info("the database is reachable", extra={"fields": fields})
+            return
+        if waited + 2 > seconds:
+            log.error("the database is still unreachable: giving up", extra={"fields": {**fields, "error": problem}})
+            raise SystemExit(1)
+        log.warning("the database is not ready", extra={"fields": {**fields, "error": problem}})
+        time.sleep(2)
 
 
 @db_cli.command("downgrade")

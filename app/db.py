@@ -103,6 +103,21 @@ class Database:
     def ping(self) -> None:
         self.rows(text("SELECT 1"))
 
+    def reachable(self) -> str | None:
+        """None when a new connection answers, else why not, in one line that never holds the
+        URL or its password (the driver's own first line, with both blanked out)."""
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        except exc.SQLAlchemyError as error:
+            self.engine.dispose()  # a failed pool must not hand out what it kept
+            cause = getattr(error, "orig", None) or error
+            first = (str(cause).strip().splitlines() or [""])[0]
+            for secret in filter(None, (str(self.engine.url.password or ""), self.engine.url.render_as_string(False))):
+                first = first.replace(secret, "***")
+            return f"{type(cause).__name__}: {first[:300]}"
+        return None
+
     def dispose(self) -> None:
         """Close every pooled connection (tests; a process that is done)."""
         self.engine.dispose()

@@ -1,11 +1,20 @@
-"""The flask CLI: migrations and development tokens."""
+"""The flask CLI: migrations, the wait for the database, and development tokens."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
 import jwt as pyjwt
+from sqlalchemy.engine import make_url
 
 from app.factory import create_app
 from tests.conftest import SECRET, bearer
+from tests.servers import ROOT, TcpProxy
 
 
 def test_token_mint_prints_a_token_the_api_accepts(app, client):
@@ -40,3 +49,37 @@ def test_db_upgrade_downgrade_current(tmp_path):
     with engine.connect() as connection:
         assert "tasks" not in sa.inspect(connection).get_table_names()
     engine.dispose()
+
+
+def wait_for(url: str, *args: str) -> subprocess.CompletedProcess:
+    """`flask --app wsgi db wait` as the image's entrypoint runs it."""
+    env = {**os.environ, "APP_ENV": "testing", "DATABASE_URL": url, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": ""}
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", "wait", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def logged(result: subprocess.CompletedProcess) -> list[dict]:
+    return [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+
+
+def test_db_wait_returns_once_the_database_answers(postgres_url):
+    proxy = TcpProxy(make_url(postgres_url).port or 5432)
+    url = make_url(postgres_url).set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+    threading.Timer(2.5, proxy.start).start()  # the database comes up while the command waits
+    try:
+        result = wait_for(url, "--timeout", "20")
+    finally:
+        proxy.stop()
+    lines = logged(result)
+    assert result.returncode == 0, result.stderr
+    assert [line["message"] for line in lines][-1] == "the database is reachable", lines
+    assert lines[-1]["attempt"] >= 2 and all(line["logger"] == "taskgate.db" for line in lines)
+
+
+def test_db_wait_gives_up_in_time_and_never_prints_the_password():
+    url = "postgresql+psycopg://taskgate:pa%24%24w0rd-s3cret@127.0.0.1:1/taskgate"
+    started = time.monotonic()
+    result = wait_for(url, "--timeout", "3")
+    assert result.returncode == 1 and time.monotonic() - started < 30, result.stderr
+    assert logged(result)[-1]["message"] == "the database is still unreachable: giving up"
+    assert "s3cret" not in result.stdout + result.stderr and "pa$$w0rd" not in result.stderr

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import bearer
+from tests.conftest import SECRET, bearer
+from tests.servers import ROOT, free_port, wait_until
 
 
 def access_records(caplog) -> list[dict]:
@@ -136,3 +142,25 @@ def test_security_headers_keep_what_a_route_set(app):
     assert "Cache-Control" not in response.headers
     assert again.headers.getlist("Vary") == ["origin"] and again.headers.getlist("Cache-Control") == ["no-store"]
     assert response.headers.getlist("X-Request-ID") == ["rid-1"] and again.headers["X-Request-ID"] == "rid-2"
+
+
+def test_the_development_server_logs_one_json_access_line_per_request(tmp_path):
+    """`flask run` (the README's `make run`): taskgate's access line, not werkzeug's coloured copy."""
+    port = free_port()
+    env = {**os.environ, "APP_ENV": "development", "DATABASE_URL": f"sqlite:///{tmp_path / 'dev.db'}",
+           "REDIS_URL": "", "BETTER_AUTH_SECRET": SECRET, "FLASK_DEBUG": "0", "LOG_LEVEL": "INFO"}
+    server = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "run", "--port", str(port)], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200, 30,
+                   "flask run")
+        assert requests.get(f"http://127.0.0.1:{port}/nowhere", timeout=5).status_code == 404
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    # Every log line is JSON (Flask's CLI prints its two-line banner itself, before any request).
+    entries = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert "\x1b" not in output, output
+    about_nowhere = [entry for entry in entries if "nowhere" in entry["message"] or entry.get("status") == 404]
+    assert [entry["logger"] for entry in about_nowhere] == ["taskgate.access"], about_nowhere
+    assert any(entry["logger"] == "werkzeug" and "Running on" in entry["message"] for entry in entries), entries
