@@ -280,7 +280,7 @@ def _http(env: Mapping[str, str], production: bool) -> dict[str, Any]:
     cors_default = "" if production else "http://localhost:3000,http://127.0.0.1:3000"
     cors_origins = tuple(origin.rstrip("/").lower() for origin in _csv(env.get("CORS_ORIGINS", cors_default)))
     for origin in cors_origins:
-        # Exact origins only (app.http matches them literally, IPv6 brackets included).
+        # Exact origins only (app.cors compares them literally, IPv6 brackets included).
         if not ORIGIN.match(origin):
             raise ConfigError(f"CORS_ORIGINS entries must be exact origins (https://app.example.com), got {origin!r}")
     metrics_token = env.get("METRICS_TOKEN", "").strip() or None

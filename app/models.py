@@ -105,8 +105,8 @@ class Revocation(Base):
     # and `covers` names those accepted with an iat ahead of the clock: [[name, last valid], ...].
     cutoff: Mapped[datetime | None] = mapped_column(UTCDateTime)
     covers: Mapped[list | None] = mapped_column(JSON)
-    # app/revocation/keys.py: the bucket, and the revocation's place in its bucket (1, 2, ...
-    # without gaps, in commit order): Redis says which it has applied.
+    # app/revocation/layout.py: the bucket, and the revocation's place in its bucket (1, 2, ...
+    # never handed out twice, in commit order): Redis says which it has applied.
     bucket: Mapped[int] = mapped_column(Integer)
     seq: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)  # no token it denies outlives this

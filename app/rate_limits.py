@@ -83,7 +83,7 @@ class RateLimits:
                       seconds, (number + 1) * seconds, scope)
 
     def user_window(self, user_id: str, now: float | None = None) -> Window:
-        """In the user's revocation bucket: the revocation check counts it (app.revocation.keys)."""
+        """In the user's revocation bucket: the revocation check counts it (app.revocation.layout)."""
         seconds = self.user.get_expiry()
         number = int((time.time() if now is None else now) // seconds)
         return Window(self.layout.user_counter(user_id, f"{self.user.amount}/{seconds}:{number}"),

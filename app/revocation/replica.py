@@ -182,9 +182,9 @@ class Replica:
             "bucket": bucket, "sequence": target}})
 
     def _lost(self, bucket: int, top: int, target: int) -> None:
-        REVOCATIONS_LOST.inc(target - top)
+        labelled(REVOCATIONS_LOST, str(bucket)).inc(target - top)
         log.critical("acknowledged revocations are missing from both Redis and the database: the tokens they "
-                     "covered may be accepted again (see the README on synchronous replication and AOF)",
+                     "covered may be accepted again (docs/DEPLOY.md: synchronous replication and AOF)",
                      extra={"fields": {"bucket": bucket, "from": top + 1, "to": target}})
 
     def readmit(self, bucket: int, displaced: str) -> None:

@@ -28,7 +28,7 @@ from tests.services import create_postgres_database, redis_key_prefix, require_r
 pytestmark = pytest.mark.integration
 
 IMAGE = "taskgate:test"
-# The flags production should use too (README, "Running in production").
+# The flags production should use too (docs/DEPLOY.md, "Running in production").
 RUN_OPTIONS = ("--read-only", "--tmpfs", "/tmp:rw,noexec,nosuid,nodev,size=64m", "--cap-drop", "ALL",
                "--security-opt", "no-new-privileges")
 # Not in the build context: what .dockerignore leaves out of the copy below (and the image).

@@ -80,7 +80,7 @@ def api_schema(contract_app):
         # The bearer token is injected per case (below); security parameters are not fuzzed here
         # (tests/security/test_token_attacks.py is that fuzzer).
         "with-security-parameters": False,
-        # Unknown query parameters are ignored by design (README); unknown body fields are
+        # Unknown query parameters are ignored by design (CONTRACT §4); unknown body fields are
         # rejected, which the task and isolation tests cover.
         "allow-extra-parameters": False,
     }})
