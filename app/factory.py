@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,10 +14,11 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from app.api import register_converters
 from app.cli import register_cli
 from app.config import ConfigError, Settings, gather_environment, load_settings
+from app.cors import register_cors
 from app.db import Database
 from app.docs import register_docs
 from app.errors import register_error_handlers
-from app.extensions import cors, jwt
+from app.extensions import jwt
 from app.logs import configure_logging
 from app.observability import init_observability
 from app.rate_limits import SCRIPTS as RATE_LIMIT_SCRIPTS
@@ -48,7 +48,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     register_error_handlers(app)
     install(app, build_services(settings))
     register_token_policy(app, settings)
-    register_cors(app, settings)
+    register_cors(app, settings.cors_origins)
     register_converters(app)
     register_blueprints(app, settings)
     register_docs(app)
@@ -111,22 +111,6 @@ def register_token_policy(app: Flask, settings: Settings) -> None:
     jwt.init_app(app)
     keys = services(app).keys
     jwt.decode_key_loader(lambda header, _claims: decode_key(header, settings, keys))
-
-
-def register_cors(app: Flask, settings: Settings) -> None:
-    # Bearer tokens, not cookies: no credentials, so no cookie can ride along cross-origin.
-    # Each origin is a pattern matching exactly that origin: flask-cors would read a string
-    # with regex characters (an IPv6 address's brackets) as a pattern of its own. CORS headers
-    # answer only a browser's Origin (always_send would list every origin on every response).
-    cors.init_app(
-        app,
-        origins=[re.compile(re.escape(origin) + r"\Z", re.IGNORECASE) for origin in settings.cors_origins],
-        always_send=False,
-        supports_credentials=False,
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-        expose_headers=["Location", "X-Total-Count", "X-Request-ID", "Retry-After", "RateLimit", "RateLimit-Policy"],
-        max_age=600,
-    )
 
 
 def load_blueprint(import_string: str) -> Blueprint:

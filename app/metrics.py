@@ -19,10 +19,12 @@ BACKEND_ERRORS = Counter("taskgate_backend_errors_total", "Database/Redis/JWKS f
 REVOCATION_REPAIRS = Counter("taskgate_revocation_repairs_total",
                              "Redis buckets repaired from the database, or the database from Redis", ["kind"],
                              registry=None)
+# Labelled, so that a process that never counts one (a CLI command) writes no multiprocess file.
 REVOCATIONS_LOST = Counter("taskgate_revocations_lost_total",
-                           "Acknowledged revocations found missing from both Redis and the database", registry=None)
-REDIS_EVICTING = Gauge("taskgate_redis_evicting_policy", "1 while Redis's maxmemory-policy evicts keys",
-                       registry=None, multiprocess_mode="max")
+                           "Acknowledged revocations found missing from both Redis and the database", ["bucket"],
+                           registry=None)
+REDIS_EVICTING = Gauge("taskgate_redis_evicting_policy", "1 while Redis's maxmemory-policy (the label) evicts keys",
+                       ["policy"], registry=None, multiprocess_mode="max")
 METRICS = (REQUESTS, LATENCY, TOKEN_FAILURES, REVOCATION_CHECKS, BACKEND_ERRORS, REVOCATION_REPAIRS,
            REVOCATIONS_LOST, REDIS_EVICTING)
 

@@ -19,7 +19,9 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -120,6 +122,26 @@ class RedisClient:
             self._load(call.script, node)
             return self._evalsha(call, node)
 
+    def _command(self, *args: Any) -> Any:
+        """One command on a pooled connection through redis-py's public connection API
+        (`get_connection`, `send_command`, `read_response`, `release`): the command's cost
+        without the client's machinery around it (bench/RESULTS.md). As the client's own one
+        immediate retry: a connection that broke or timed out is closed (no late reply can
+        answer a later command) and the command is sent once more on a fresh one."""
+        pool = self._client.connection_pool
+        for attempt in (1, 2):
+            connection = pool.get_connection()
+            try:
+                connection.send_command(*args)
+                return connection.read_response()
+            except (RedisConnectionError, RedisTimeoutError):
+                connection.disconnect()
+                if attempt == 2:
+                    raise
+            finally:
+                pool.release(connection)
+        raise AssertionError("unreachable")
+
     def run_together(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Several scripts in one exchange: on Cluster, one pipelined write to every shard
         concerned, then the replies (redis-py's ClusterPipeline)."""
@@ -149,7 +171,9 @@ class RedisClient:
         args = ("EVALSHA", self._shas[call.script], len(call.keys), *call.keys, *call.args)
         if node is not None:
             return self.client.execute_command(*args, target_nodes=node)
-        return self.client.execute_command(*args)
+        if self.in_process:
+            return self.client.execute_command(*args)
+        return self._command(*args)
 
     def _load(self, script: str, node: Any) -> None:
         if node is not None:

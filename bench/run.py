@@ -611,15 +611,18 @@ class Server:
         self.known_workers: set[int] = set()
 
     def start(self) -> None:
-        cmd = [venv_tool("python", self.backend.args.venv), "serve.py"]
-        if not (Path(self.backend.args.app_root) / "serve.py").exists() and self.kind == "gunicorn":
+        cmd, cwd = [venv_tool("python", self.backend.args.venv), "serve.py"], self.backend.args.app_root
+        if self.kind == "peer":  # the plan's stack (bench/peer.py), from this checkout, on the same database
+            cmd, cwd = [venv_tool("python", self.backend.args.venv), "-m", "uvicorn", "bench.peer:app", "--host",
+                        "127.0.0.1", "--port", str(self.port), "--workers", str(PEER_WORKERS), "--no-access-log",
+                        "--log-level", "warning"], ROOT
+        elif not (Path(self.backend.args.app_root) / "serve.py").exists() and self.kind == "gunicorn":
             cmd = [venv_tool("gunicorn", self.backend.args.venv), "-c", "gunicorn.conf.py", "wsgi:app"]  # older code
         self.log_fh = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=self.backend.args.app_root, env=self.env, stdout=self.log_fh,
-                                     stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=self.log_fh, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + 60
-        url = f"http://127.0.0.1:{self.port}/readyz"
+        url = f"http://127.0.0.1:{self.port}/{'healthz' if self.kind == 'peer' else 'readyz'}"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.log_fh.flush()
@@ -696,9 +699,14 @@ class Server:
 
     def settings(self) -> dict:
         """The effective server settings (gunicorn: gunicorn.conf.py's, unless overridden)."""
+        if self.kind == "peer":
+            return {"worker_class": "uvicorn (FastAPI)", "workers": PEER_WORKERS}
         if self.kind == "granian":
-            code = ("import json, serve; print(json.dumps({'worker_class': 'granian wsgi', "
-                    "**serve.granian_settings()}))")
+            code = ("import json, os\ntry:\n from app.config import load_server_settings\n"
+                    " s = load_server_settings(os.environ)\n g = {'workers': s.granian_workers, "
+                    "'threads': s.granian_threads, 'backpressure': s.granian_backpressure}\n"
+                    "except ImportError:\n import serve\n g = serve.granian_settings()\n"
+                    "print(json.dumps({'worker_class': 'granian wsgi', **g}))")
         else:
             code = ("import json, runpy; ns = runpy.run_path('gunicorn.conf.py'); print(json.dumps({k: ns.get(k) "
                     "for k in ('worker_class', 'workers', 'threads', 'worker_connections', 'keepalive', "
@@ -901,11 +909,38 @@ def evaluate_targets(backend_result: dict, args) -> list[dict]:
     return targets
 
 
+PEER_WORKERS = 2  # uvicorn's processes: one per core, as its documentation advises
+PEER_PLAN = [("closed-healthz", "closed", "healthz", None), ("closed-list", "closed", "list", None),
+             ("closed-healthz-2", "closed", "healthz", None)]
+
+
+def print_peer_ratios(results: list[dict]) -> None:
+    """taskgate's 20-task list against the plan's stack doing the same list on the same database."""
+    peers = [r for r in results if r.get("server") == "peer"]
+    for peer in peers:
+        peer_list = find(peer["runs"], "closed", "list")
+        base = summarize_run(peer_list)["ok_per_s"] if peer_list else None
+        if not base:
+            continue
+        print()
+        print(f"=== the list against the FastAPI + uvicorn + PyJWT + SQLAlchemy peer ({peer['backend']}): "
+              f"{base:.0f} req/s")
+        for result in results:
+            mine = find(result["runs"], "closed", "list") if result.get("server") != "peer" else None
+            if mine and result["backend"] == peer["backend"]:
+                ok = summarize_run(mine)["ok_per_s"]
+                verdict = "PASS" if ok / base >= 3.0 else "FAIL"
+                print(f"    [{verdict}] {result['server']}: {ok:.0f} / {base:.0f} req/s = {ok / base:.2f}x "
+                      "(target >= 3.0x)")
+
+
 def print_backend(result: dict, args) -> None:
     print()
     print(f"=== {result['label']}")
     g = result.get("settings") or result.get("gunicorn") or {}  # "gunicorn": reports before granian
-    if result.get("server", "gunicorn") == "gunicorn":
+    if result.get("server") == "peer":
+        shape = f"uvicorn bench.peer:app --workers {PEER_WORKERS} (FastAPI, PyJWT, the SQLAlchemy ORM)"
+    elif result.get("server", "gunicorn") == "gunicorn":
         shape = (f"gunicorn -c gunicorn.conf.py wsgi:app: {g.get('worker_class')} workers={g.get('workers')} "
                  f"threads={g.get('threads')} worker_connections={g.get('worker_connections')} "
                  f"keepalive={g.get('keepalive')} max_requests={g.get('max_requests')} "
@@ -995,7 +1030,10 @@ def run_backend(kind: str, args, run_dir: Path) -> list[dict]:
     try:
         backend.create()
         speed = python_speed_us()  # before a server starts: the machine is quiet
-        return [run_server(backend, server_kind, args, run_dir, speed) for server_kind in args.servers]
+        results = [run_server(backend, server_kind, args, run_dir, speed) for server_kind in args.servers]
+        if args.peer and kind == "postgresql":
+            results.append(run_server(backend, "peer", args, run_dir, speed))
+        return results
     finally:
         backend.cleanup()
 
@@ -1012,12 +1050,13 @@ def run_server(backend: Backend, server_kind: str, args, run_dir: Path, speed: f
         log(f"{kind}: {server_kind} up on 127.0.0.1:{server.port}, workers {server.workers()}")
         runs = []
         # Each workload between two /healthz runs: its capacity ratio is against their mean.
-        plan = [("closed-healthz", "closed", "healthz", None), ("closed-mixed", "closed", "mixed", None),
-                ("closed-healthz-2", "closed", "healthz", None), ("closed-me", "closed", "me", None),
-                ("closed-healthz-3", "closed", "healthz", None), ("closed-list", "closed", "list", None),
-                ("closed-healthz-4", "closed", "healthz", None), ("closed-me-eddsa", "closed", "me-eddsa", None),
-                ("closed-healthz-5", "closed", "healthz", None)]
-        for k, rate in enumerate(args.rates):
+        plan = PEER_PLAN if server_kind == "peer" else [
+            ("closed-healthz", "closed", "healthz", None), ("closed-mixed", "closed", "mixed", None),
+            ("closed-healthz-2", "closed", "healthz", None), ("closed-me", "closed", "me", None),
+            ("closed-healthz-3", "closed", "healthz", None), ("closed-list", "closed", "list", None),
+            ("closed-healthz-4", "closed", "healthz", None), ("closed-me-eddsa", "closed", "me-eddsa", None),
+            ("closed-healthz-5", "closed", "healthz", None)]
+        for k, rate in enumerate(args.rates if server_kind != "peer" else ()):
             again = args.rates[:k].count(rate)  # a rate listed twice is a repetition
             suffix = f"-{again + 1}" if again else ""
             plan += [(f"open-healthz-{rate:g}{suffix}", "open", "healthz", rate),
@@ -1034,7 +1073,7 @@ def run_server(backend: Backend, server_kind: str, args, run_dir: Path, speed: f
         result = {"backend": backend.kind, "server": server_kind, "label": f"{backend.label()}, {server_kind}",
                   "app_env": backend.app_env, "settings": gconf, "extra_env": extra, "seed": backend.seed_info,
                   "runs": runs, "rate_limits": args.rate_limits, "python_loop_us": speed}
-        result["targets"] = evaluate_targets(result, args)
+        result["targets"] = [] if server_kind == "peer" else evaluate_targets(result, args)
         return result
     finally:
         if server:
@@ -1267,6 +1306,8 @@ def main() -> None:
                         help="extra service environment, e.g. GUNICORN_WORKERS=3 (repeatable)")
     parser.add_argument("--servers", default="gunicorn,granian",
                         help="the servers to measure in turn, on the same database (default: both)")
+    parser.add_argument("--no-peer", dest="peer", action="store_false",
+                        help="leave out the FastAPI peer (bench/peer.py) the list is compared with")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv", help="the venv with gunicorn and flask")
     parser.add_argument("--source", default="worktree",
                         help="what to run: 'worktree' (the files in this checkout, default) or a git revision "
@@ -1359,6 +1400,7 @@ def run_modes(args, report: dict, kinds: list[str], run_dir: Path, json_path: Pa
     if report["backends"]:
         for result in report["backends"]:
             print_backend(result, args)
+        print_peer_ratios(report["backends"])
         png = plot(report, json_path.with_suffix(".png"))
         print()
         print(f"results: {json_path.relative_to(ROOT)}" + (f", plot: {Path(png).relative_to(ROOT)}" if png else ""))

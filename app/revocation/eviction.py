@@ -76,7 +76,10 @@ class EvictionWatch:
 
     def changed(self, memory: Memory) -> bool:
         last, self._last = self._last, memory
-        REDIS_EVICTING.set(1 if memory.evicting else 0)
+        if last is not None and last.evicting and last.evicting != memory.evicting:
+            REDIS_EVICTING.labels(last.evicting).set(0)
+        if memory.evicting:
+            REDIS_EVICTING.labels(memory.evicting).set(1)
         if memory.evicting and (last is None or last.evicting != memory.evicting):
             log.error("Redis maxmemory-policy is %s: revocations need noeviction; every eviction makes "
                       "the store verify Redis against the database", memory.evicting)
