@@ -47,6 +47,9 @@ class EndpointSpec:
     # Anonymous endpoints count against the IP's limit, authenticated ones against the user's;
     # False for what must always answer (health checks, logout).
     rate_limited: bool = True
+    # The OAuth scope an OAuth access token needs here (None: any valid token; first-party
+    # tokens can do everything their user can).
+    scope: str | None = None
 
 
 class IdentifierConverter(BaseConverter):
@@ -148,15 +151,17 @@ def endpoint(
     errors: tuple[int, ...] = (),
     headers: dict[str, str] | None = None,
     rate_limited: bool = True,
+    scope: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    spec = EndpointSpec(summary, tag, auth, body, body_required, query, path, form, response, status, errors,
-                        headers or {}, rate_limited)
+    spec = EndpointSpec(summary=summary, tag=tag, auth=auth, body=body, body_required=body_required, query=query,
+                        path=path, form=form, response=response, status=status, errors=errors,
+                        headers=headers or {}, rate_limited=rate_limited, scope=scope)
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
         def wrapper(**kwargs: Any) -> Any:
             # Admission first: an anonymous caller learns nothing from validation.
-            admission = admit(request, services(), spec.auth, rate_limited=spec.rate_limited)
+            admission = admit(request, services(), spec.auth, rate_limited=spec.rate_limited, scope=spec.scope)
             if admission.principal is not None:
                 g.user_id = admission.principal.user_id  # for the access log line (app.observability)
                 kwargs["principal"] = admission.principal

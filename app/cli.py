@@ -19,7 +19,8 @@ from flask.cli import AppGroup
 from app.errors import ApiError
 from app.revocation.records import Record
 from app.revocation.store import RevocationStore
-from app.security.tokens import claims_for_revocation, is_identifier, token_digest
+from app.security.policy import claims_for_revocation
+from app.security.tokens import is_identifier, token_digest
 from app.services import services
 
 log = logging.getLogger("taskgate.db")
@@ -180,12 +181,29 @@ def revoke_token(jti_or_token: str, reason: str | None) -> None:
     """Revoke one token, given its jti or the token itself."""
     if jti_or_token.count(".") == 2:
         try:
-            claims = claims_for_revocation(jti_or_token, services().settings)
+            claims = claims_for_revocation(jti_or_token, services().settings, services().keys)
         except ApiError as error:
             raise click.ClickException(error.detail) from None
         _revoke(lambda store: store.revoke_token(claims, token_digest(claims), "cli", reason))
     else:
         _revoke(lambda store: store.revoke_jti(jti_or_token, "cli", reason), jti_or_token)
+
+
+@revoke_cli.command("client")
+@click.argument("client_id")
+@REASON
+def revoke_client(client_id: str, reason: str | None) -> None:
+    """Revoke every OAuth access token of the app CLIENT_ID issued up to now, for every user."""
+    _revoke(lambda store: store.revoke_client(client_id, "cli", reason), client_id)
+
+
+@revoke_cli.command("grant")
+@click.argument("user_id")
+@click.argument("client_id")
+@REASON
+def revoke_grant(user_id: str, client_id: str, reason: str | None) -> None:
+    """Revoke USER_ID's OAuth access tokens of the app CLIENT_ID issued up to now."""
+    _revoke(lambda store: store.revoke_grant(user_id, client_id, "cli", reason), user_id, client_id)
 
 
 @revoke_cli.command("prune")

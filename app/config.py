@@ -74,6 +74,11 @@ class Settings:
     max_age_seconds: int
     logout_token_max_age_seconds: int
     admin_user_ids: frozenset[str]
+    # OAuth access tokens of third-party apps and agents (Better Auth's OAuth provider): accepted
+    # only with a resource URL, this API's identifier, which their `aud` must hold.
+    oauth_resource_url: str | None
+    oauth_issuer: str | None
+    dpop_max_age_seconds: int
     # HTTP
     cors_origins: tuple[str, ...]
     max_content_length: int
@@ -273,6 +278,10 @@ def _tokens(env: Mapping[str, str]) -> dict[str, Any]:
         "max_age_seconds": _int(env, "JWT_MAX_AGE_SECONDS", 604800, minimum=1, maximum=604800),  # 7 days at most
         "logout_token_max_age_seconds": _int(env, "LOGOUT_TOKEN_MAX_AGE_SECONDS", 300, minimum=1, maximum=3600),
         "admin_user_ids": frozenset(_csv(env.get("ADMIN_USER_IDS"))),
+        "oauth_resource_url": env.get("OAUTH_RESOURCE_URL", "").strip() or None,
+        "oauth_issuer": _optional(env, "OAUTH_ISSUER", f"{better_auth_url}/api/auth" if better_auth_url else None),
+        # Bounded: how long a DPoP proof is good for, and how long its jti is remembered.
+        "dpop_max_age_seconds": _int(env, "DPOP_MAX_AGE_SECONDS", 60, minimum=1, maximum=300),
     }
 
 
@@ -403,7 +412,23 @@ def production_warnings(draft: Draft) -> None:
         warn("LOG_LEVEL is DEBUG in production: libraries may log request details")
 
 
-RULES = (database_default, redis_required, default_algorithms, shared_secret, production_warnings)
+def oauth_tokens(draft: Draft) -> None:
+    """OAuth access tokens need this API's resource URL, their issuer, and the JWKS keys that sign them."""
+    resource = draft.values["oauth_resource_url"]
+    if resource is None:
+        return
+    if not resource.startswith(("https://", "http://")) or "#" in resource:
+        raise ConfigError(f"OAUTH_RESOURCE_URL must be this API's http(s) URL, got {resource!r}")
+    if draft.values["oauth_issuer"] is None:
+        raise ConfigError("OAUTH_RESOURCE_URL needs OAUTH_ISSUER (or BETTER_AUTH_URL): the OAuth tokens' issuer")
+    if not any(a in ASYMMETRIC_ALGORITHMS for a in draft.values["algorithms"]):
+        raise ConfigError("OAUTH_RESOURCE_URL needs JWKS keys (JWKS_URL or BETTER_AUTH_URL): OAuth tokens are "
+                          "signed with Better Auth's keys")
+    if draft.production and resource.startswith("http://") and not resource.startswith(LOOPBACK_HTTP):
+        draft.warnings.append("OAUTH_RESOURCE_URL is plain http: OAuth tokens would travel in clear")
+
+
+RULES = (database_default, redis_required, default_algorithms, shared_secret, oauth_tokens, production_warnings)
 
 
 def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:

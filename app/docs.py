@@ -19,7 +19,8 @@ DOCS_POLICY = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src
 
 def register_docs(app: Flask) -> None:
     """After the blueprints: the document describes every route registered by then."""
-    document = build_openapi(app)
+    settings = services(app).settings
+    document = build_openapi(app, settings.oauth_issuer if settings.oauth_resource_url else None)
 
     def openapi_document():
         admit(request, services(), None)  # the per-IP limit of anonymous endpoints

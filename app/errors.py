@@ -46,6 +46,8 @@ WWW_AUTHENTICATE = {
     "invalid_token": 'Bearer realm="taskgate", error="invalid_token"',
     "token_expired": 'Bearer realm="taskgate", error="invalid_token", error_description="expired"',
     "token_revoked": 'Bearer realm="taskgate", error="invalid_token", error_description="revoked"',
+    # RFC 9449 §7.1: a DPoP-bound token whose proof is missing or wrong.
+    "invalid_dpop_proof": 'DPoP error="invalid_dpop_proof"',
 }
 
 
@@ -92,6 +94,14 @@ class InvalidRequest(ApiError):
 class Forbidden(ApiError):
     def __init__(self, detail: str = "You are not allowed to do this.") -> None:
         super().__init__(403, "forbidden", detail)
+
+
+class InsufficientScope(ApiError):
+    """RFC 6750 §3.1: the token is valid but was not granted the scope this route needs."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(403, "insufficient_scope", f"The token was not granted the scope {scope!r}.",
+                         headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'})
 
 
 class NotFound(ApiError):

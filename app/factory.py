@@ -21,6 +21,7 @@ from app.errors import register_error_handlers
 from app.extensions import jwt
 from app.logs import configure_logging
 from app.observability import init_observability
+from app.protected_resource import register_protected_resource
 from app.rate_limits import SCRIPTS as RATE_LIMIT_SCRIPTS
 from app.rate_limits import RateLimits
 from app.redis_client import NoRedis, RedisClient
@@ -28,6 +29,7 @@ from app.revocation.eviction import check_at_start
 from app.revocation.scripts import SCRIPTS as REVOCATION_SCRIPTS
 from app.revocation.store import RevocationStore
 from app.revocation.targets import Lifetimes
+from app.security.dpop import ProofReplays
 from app.security.jwks import JwksKeySet
 from app.security.tokens import decode_key
 from app.security.verified_tokens import VerifiedTokens
@@ -49,6 +51,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     install(app, build_services(settings))
     register_token_policy(app, settings)
     register_cors(app, settings.cors_origins)
+    register_protected_resource(app, settings)
     register_converters(app)
     register_blueprints(app, settings)
     register_docs(app)
@@ -85,8 +88,10 @@ def build_services(settings: Settings) -> Services:
                       cache_seconds=settings.jwks_cache_seconds,
                       min_refetch_seconds=settings.jwks_min_refetch_seconds) if settings.jwks_url else None
     limits = RateLimits(settings, client, store.layout) if settings.rate_limits_enabled else None
+    replays = (ProofReplays(client, settings.redis_key_prefix, settings.dpop_max_age_seconds)
+               if settings.oauth_resource_url else None)
     return Services(settings=settings, database=database, store=store, keys=keys,
-                    verified_tokens=VerifiedTokens(), rate_limits=limits)
+                    verified_tokens=VerifiedTokens(), rate_limits=limits, proof_replays=replays)
 
 
 def register_proxy_fix(app: Flask, settings: Settings) -> None:

@@ -85,23 +85,27 @@ class Revocation(Base):
 
     __tablename__ = "revocations"
     __table_args__ = (
-        CheckConstraint("kind IN ('jti', 'token', 'session', 'user', 'sidless')", name="ck_revocations_kind"),
+        CheckConstraint("kind IN ('jti', 'token', 'session', 'user', 'sidless', 'grant', 'client')",
+                        name="ck_revocations_kind"),
         Index("ix_revocations_expires_at", "expires_at"),
         Index("ix_revocations_user_id_created_at", "user_id", "created_at"),
         Index("ix_revocations_created_at", "created_at"),
         UniqueConstraint("bucket", "seq", name="uq_revocations_bucket_seq"),
         Index("ix_revocations_bucket_expires_at", "bucket", "expires_at"),
+        Index("ix_revocations_client_id_created_at", "client_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(10))  # jti, token (claims digest), session, user, sidless
-    target: Mapped[str] = mapped_column(String(255))  # the jti, digest, sid or user id
+    # jti, token (claims digest), session, user, sidless, grant (a user's tokens of one client), client
+    kind: Mapped[str] = mapped_column(String(10))
+    target: Mapped[str] = mapped_column(String(255))  # the jti, digest, sid, user id or client id
     user_id: Mapped[str | None] = mapped_column(String(255))  # whose token(s), when known
+    client_id: Mapped[str | None] = mapped_column(String(255))  # the OAuth client the row concerns, if one
     actor: Mapped[str] = mapped_column(String(300))  # who: "user:<id>", "admin:<id>" or "cli"
     reason: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # kind=user: every token of the user with iat <= cutoff is denied (sidless: those without a
-    # sid; None for the other kinds),
+    # sid; grant: those of client_id; client: every token of client_id; None for the other kinds),
     # and `covers` names those accepted with an iat ahead of the clock: [[name, last valid], ...].
     cutoff: Mapped[datetime | None] = mapped_column(UTCDateTime)
     covers: Mapped[list | None] = mapped_column(JSON)

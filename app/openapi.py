@@ -11,12 +11,13 @@ from flask import Flask
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from app.protected_resource import SCOPES
 from app.schemas import OAuthError, Problem
 
 ERROR_DESCRIPTIONS = {
     400: "Invalid request (OAuth 2.0 error shape)",
     401: "Missing, invalid, expired or revoked token",
-    403: "Forbidden",
+    403: "Forbidden (an OAuth token without the scope: insufficient_scope)",
     404: "Not found (also another user's task)",
     413: "Payload too large",
     415: "Unsupported media type",
@@ -69,7 +70,7 @@ def _error_statuses(spec: Any) -> set[int]:
     conditional = {
         401: spec.auth is not None,
         429: spec.auth is not None or spec.rate_limited,
-        403: spec.auth == "admin",
+        403: spec.auth == "admin" or spec.scope is not None,
         422: bool(spec.body or spec.query or spec.path),  # (a form's errors are OAuth's 400)
         413: bool(spec.body or spec.form),
         415: bool(spec.body),
@@ -103,7 +104,25 @@ def _request_body(spec: Any) -> dict[str, Any] | None:
     return None
 
 
-def _operation(spec: Any, path_params: list[dict[str, Any]], operation_id: str) -> dict[str, Any]:
+def _security(spec: Any, oauth: bool) -> list[dict[str, list[str]]]:
+    """Any first-party token; an OAuth access token with the route's scope, never on admin routes."""
+    if not spec.auth:
+        return []
+    schemes: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+    if oauth and spec.auth != "admin":
+        schemes.append({"oauth2": [spec.scope] if spec.scope else []})
+    return schemes
+
+
+def _oauth2_scheme(issuer: str) -> dict[str, Any]:
+    """Better Auth's OAuth provider: the authorization code flow with PKCE (its endpoints under the issuer)."""
+    return {"type": "oauth2", "description": "Scoped access tokens for third-party apps and agents (RFC 9068), "
+            "issued by Better Auth's OAuth provider for this API's resource URL",
+            "flows": {"authorizationCode": {"authorizationUrl": f"{issuer}/oauth2/authorize",
+                                            "tokenUrl": f"{issuer}/oauth2/token", "scopes": SCOPES}}}
+
+
+def _operation(spec: Any, path_params: list[dict[str, Any]], operation_id: str, oauth: bool) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": spec.summary,
@@ -114,11 +133,12 @@ def _operation(spec: Any, path_params: list[dict[str, Any]], operation_id: str) 
     body = _request_body(spec)
     if body is not None:
         operation["requestBody"] = body
-    operation["security"] = [{"bearerAuth": []}] if spec.auth else []
+    operation["security"] = _security(spec, oauth)
     return operation
 
 
-def build_openapi(app: Flask) -> dict[str, Any]:
+def build_openapi(app: Flask, oauth_issuer: str | None = None) -> dict[str, Any]:
+    """`oauth_issuer`: OAuth access tokens are accepted (OAUTH_RESOURCE_URL set), from this issuer."""
     paths: dict[str, dict[str, Any]] = {}
     models: set[type[BaseModel]] = {Problem}
     for rule in app.url_map.iter_rules():
@@ -129,7 +149,8 @@ def build_openapi(app: Flask) -> dict[str, Any]:
         # One view may serve two rules (the task routes' two forms): ids must stay unique.
         operation_id = rule.endpoint.replace(".", "_") + ("_for_path_user" if "{user_id}/tasks" in path else "")
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = _operation(spec, path_params, operation_id)
+            paths.setdefault(path, {})[method.lower()] = _operation(spec, path_params, operation_id,
+                                                                    oauth_issuer is not None)
         models.update(m for m in (spec.body, spec.form) if m)
         if spec.form:
             models.add(OAuthError)
@@ -147,6 +168,7 @@ def build_openapi(app: Flask) -> dict[str, Any]:
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": definitions.get("$defs", {}),
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                                **({"oauth2": _oauth2_scheme(oauth_issuer)} if oauth_issuer else {})},
         },
     }

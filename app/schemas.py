@@ -108,6 +108,8 @@ class TokenInfo(BaseModel):
     sid: str | None
     iat: datetime | None
     exp: datetime | None
+    client_id: str | None = Field(default=None, description="An OAuth access token's client (null: first-party)")
+    scope: str | None = Field(default=None, description="An OAuth access token's scopes, space-separated")
 
 
 class Me(BaseModel):
@@ -165,34 +167,61 @@ class SessionPath(BaseModel):
     sid: Identifier
 
 
+class ClientPath(BaseModel):
+    client_id: Identifier
+
+
+class ClientRevoked(BaseModel):
+    client_id: str
+    revoked_before: datetime
+
+
 class UserRevoked(BaseModel):
     user_id: str
     revoked_before: datetime
 
 
+RevocationKind = Literal["jti", "token", "session", "user", "sidless", "grant", "client"]
+
+
 class Revoked(BaseModel):
-    revoked: Literal["jti", "token", "session", "user", "sidless"]
+    revoked: RevocationKind
     target: str
 
 
 class RevocationRecord(BaseModel):
     id: int
-    kind: Literal["jti", "token", "session", "user", "sidless"]
+    kind: RevocationKind
     target: str
     user_id: str | None
+    client_id: str | None = Field(description="The OAuth client the revocation concerns, if one")
     actor: str
     reason: str | None
     created_at: datetime
     expires_at: datetime
-    cutoff: datetime | None = Field(description="kind=user: tokens issued at or before it are denied")
+    cutoff: datetime | None = Field(description="kind=user, sidless, grant, client: tokens issued at or before "
+                                                "it are denied")
 
 
 class RevocationListQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     user_id: Annotated[str, StringConstraints(max_length=255), AfterValidator(_no_nul_required)] | None = None
+    client_id: Annotated[str, StringConstraints(max_length=255), AfterValidator(_no_nul_required)] | None = None
     limit: int = Field(default=50, ge=1, le=100)
     offset: int = Field(default=0, ge=0, le=1_000_000_000)
+
+
+class ProtectedResource(BaseModel):
+    """RFC 9728 §2: where an OAuth client gets a token for this API, and what to ask for."""
+
+    resource: str
+    authorization_servers: list[str]
+    scopes_supported: list[str]
+    bearer_methods_supported: list[str]
+    dpop_signing_alg_values_supported: list[str]
+    resource_name: str
+    resource_documentation: str
 
 
 class Status(BaseModel):

@@ -14,6 +14,7 @@ from app.config import Settings
 from app.db import Database
 from app.rate_limits import RateLimits
 from app.revocation.store import RevocationStore
+from app.security.dpop import ProofReplays
 from app.security.jwks import JwksKeySet
 from app.security.verified_tokens import VerifiedTokens
 
@@ -28,6 +29,7 @@ class Services:
     keys: JwksKeySet | None  # JWKS mode only
     verified_tokens: VerifiedTokens
     rate_limits: RateLimits | None  # None when RATE_LIMITS_ENABLED is off
+    proof_replays: ProofReplays | None = None  # DPoP proofs' jtis; None without OAuth tokens
 
 
 def services(app: Flask | None = None) -> Services:

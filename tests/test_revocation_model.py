@@ -2,7 +2,8 @@
 state machine interleaves revocations of every kind and checks, on two stores standing for two
 processes, with the faults the promise survives (Redis flushed, rolled back to an older snapshot
 with and without new connections, keys evicted; the table losing its newest rows; revocations
-racing in threads), against a plain set of what was acknowledged.
+racing in threads), against a plain set of what was acknowledged. Revocations of every kind:
+a token, a session, a user, an OAuth grant (a user's tokens of one client), an OAuth client.
 
 - No check accepts a token an acknowledged revocation covers (a 503 is fine).
 - Once the faults stop, a token no revocation covers is accepted again.
@@ -19,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ from tests.services import require_redis
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("REVOCATION_MODEL_EXAMPLES", "12"))
-USERS, SESSIONS = ("u0", "u1", "u2"), ("s0", "s1", "s2")
+USERS, SESSIONS, CLIENTS = ("u0", "u1", "u2"), ("s0", "s1", "s2"), ("app0", "app1")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Token:
     jti: str | None
     sid: str | None
     iat: float
+    client: str | None = None  # an OAuth access token's client
 
     @property
     def claims(self) -> dict:
@@ -68,11 +70,16 @@ class Token:
 class Revocation:
     """What one revocation covers, as the model sees it."""
 
-    kind: str  # jti, token, session, user
+    kind: str  # jti, token, session, user, grant, client
     value: str
     cutoff: float = 0.0
+    user: str | None = None  # grant: whose
 
     def covers(self, token: Token) -> bool:
+        if self.kind == "grant":
+            return token.user == self.user and token.client == self.value and token.iat <= self.cutoff
+        if self.kind == "client":
+            return token.client == self.value and token.iat <= self.cutoff
         if self.kind == "jti":
             return token.jti == self.value
         if self.kind == "token":
@@ -118,7 +125,8 @@ class RevocationModel(RuleBasedStateMachine):
         self.acknowledged: list[Revocation] = []
         self.unknown: list[Revocation] = []  # answered 503: may or may not have happened
         self.all_tokens = [Token(user, uuid.uuid4().hex if n % 2 else None, SESSIONS[n % 3] if n > 2 else None,
-                                 time.time()) for n, user in enumerate(USERS * 2)]
+                                 time.time(), CLIENTS[n % 2] if n > 3 else None)
+                           for n, user in enumerate(USERS * 2)]
         self.redis_damaged = self.table_damaged = False
         self.snapshot: Path | None = None
         for found in self.stores:  # both running before anything happens, as processes are
@@ -143,14 +151,15 @@ class RevocationModel(RuleBasedStateMachine):
 
     # --- tokens and checks ------------------------------------------------------------------
 
-    @rule(user=st.sampled_from(USERS), with_jti=st.booleans(), sid=st.none() | st.sampled_from(SESSIONS))
-    def mint(self, user: str, with_jti: bool, sid: str | None) -> None:
-        self.all_tokens.append(Token(user, uuid.uuid4().hex if with_jti else None, sid, time.time()))
+    @rule(user=st.sampled_from(USERS), with_jti=st.booleans(), sid=st.none() | st.sampled_from(SESSIONS),
+          client=st.none() | st.sampled_from(CLIENTS))
+    def mint(self, user: str, with_jti: bool, sid: str | None, client: str | None) -> None:
+        self.all_tokens.append(Token(user, uuid.uuid4().hex if with_jti else None, sid, time.time(), client))
 
     def check(self, which: int, token: Token) -> bool | None:
         """Revoked? None for a 503."""
         found = self.stores[which]
-        principal = principal_from_claims(token.claims, found.settings)
+        principal = replace(principal_from_claims(token.claims, found.settings), client_id=token.client)
         try:
             return found.store.check(principal).revoked
         except ServiceUnavailable:
@@ -178,18 +187,28 @@ class RevocationModel(RuleBasedStateMachine):
                 record = store.revoke_token(token.claims, value, "model")
             elif how == "session":
                 record = store.revoke_session(value, "model")
+            elif how == "grant":
+                record = store.revoke_grant(token.user, value, "model")
+            elif how == "client":
+                record = store.revoke_client(value, "model")
             else:
                 record = store.revoke_user(value, "model")
         except ServiceUnavailable:
-            self.unknown.append(Revocation(how, value, time.time() + 1))
+            self.unknown.append(Revocation(how, value, time.time() + 1, token.user if token else None))
             return
-        self.acknowledged.append(Revocation(how, value, record.cutoff.timestamp() if record.cutoff else 0.0))
+        cutoff = record.cutoff.timestamp() if record.cutoff else 0.0
+        self.acknowledged.append(Revocation(how, value, cutoff, token.user if token else None))
 
-    @rule(which=st.integers(0, 1), how=st.sampled_from(["log out", "session", "user"]), pick=st.integers(0, 1 << 16),
-          sid=st.sampled_from(SESSIONS), user=st.sampled_from(USERS))
-    def revocation(self, which: int, how: str, pick: int, sid: str, user: str) -> None:
+    @rule(which=st.integers(0, 1), how=st.sampled_from(["log out", "session", "user", "grant", "client"]),
+          pick=st.integers(0, 1 << 16), sid=st.sampled_from(SESSIONS), user=st.sampled_from(USERS),
+          client=st.sampled_from(CLIENTS))
+    def revocation(self, which: int, how: str, pick: int, sid: str, user: str, client: str) -> None:
         token = self.all_tokens[pick % len(self.all_tokens)]
-        if how == "session":
+        if how == "grant":
+            self.revoke(which, "grant", client, Token(user, None, None, 0.0, client))
+        elif how == "client":
+            self.revoke(which, "client", client)
+        elif how == "session":
             self.revoke(which, "session", sid)
         elif how == "user":
             self.revoke(which, "user", user)
@@ -239,7 +258,7 @@ class RevocationModel(RuleBasedStateMachine):
         """Redis applies a revocation, then goes back to before it: in place, under live
         connections, or restarted from its snapshot (new connections)."""
         snapshot = self.node.snapshot()
-        self.revocation(which, "user", 0, SESSIONS[0], user)
+        self.revocation(which, "user", 0, SESSIONS[0], user, CLIENTS[0])
         if restart:
             self.node.restart_from(snapshot)
         else:

@@ -10,7 +10,7 @@ import pytest
 from app import gate
 from app.config import load_settings
 from app.errors import TokenRejected
-from app.security import tokens
+from app.security import policy
 from app.security.tokens import Principal
 from app.security.verified_tokens import VerifiedTokens
 from tests.conftest import bearer
@@ -19,8 +19,8 @@ from tests.conftest import bearer
 @pytest.fixture
 def verifications(monkeypatch):
     calls = []
-    original = tokens.verify
-    monkeypatch.setattr(gate.tokens, "verify", lambda *args: calls.append(1) or original(*args))
+    original = policy.verify
+    monkeypatch.setattr(gate.policy, "verify", lambda *args: calls.append(1) or original(*args))
     return calls
 
 

@@ -20,6 +20,7 @@ class Principal(Protocol):
 
     user_id: str
     subject: str
+    client_id: str | None  # an OAuth token's client (None: a first-party token)
     jti: str | None
     sid: str | None
     iat: float
@@ -72,6 +73,10 @@ def fields_of(principal: Principal) -> dict[int, Fields]:
     for owner in dict.fromkeys((user, principal.subject)):  # a back-channel logout names the subject
         at(owner).cutoffs.append(layout.cutoff_field(owner))
         at(owner).sidless.append(layout.sidless_field(owner))
+        if principal.client_id:
+            at(owner).cutoffs.append(layout.grant_field(owner, principal.client_id))
+    if principal.client_id:
+        at(principal.client_id).cutoffs.append(layout.client_field(principal.client_id))
     return buckets
 
 

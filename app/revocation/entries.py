@@ -22,7 +22,8 @@ def log_entry(record: Record) -> str:
     same row, whichever process writes it)."""
     row = {"kind": record.kind, "target": record.target, "user_id": record.user_id, "actor": record.actor,
            "reason": record.reason, "created_at": _time(record.created_at), "expires_at": _time(record.expires_at),
-           "cutoff": None if record.cutoff is None else _time(record.cutoff), "covers": record.covers}
+           "cutoff": None if record.cutoff is None else _time(record.cutoff), "covers": record.covers,
+           "client_id": record.client_id}
     return f"{_time(record.expires_at)} {orjson.dumps(row, option=orjson.OPT_SORT_KEYS).decode()}"
 
 
@@ -34,12 +35,16 @@ def from_log_entry(entry: str, bucket: int, seq: int) -> Record:
     row = orjson.loads(entry.partition(" ")[2])
     return Record(None, row["kind"], row["target"], row["user_id"], row["actor"], row["reason"],
                   _datetime(row["created_at"]), _datetime(row["expires_at"]), _datetime(row["cutoff"]),
-                  row["covers"], bucket, seq)
+                  row["covers"], bucket, seq, row.get("client_id"))
 
 
 def denials(record: Record) -> list[tuple[str, str, str]]:
     """The (op, field, value) entries that deny what the record revokes."""
     expiry = _time(record.expires_at)
+    if record.kind == "grant":
+        return [("c", layout.grant_field(record.user_id or "", record.target), f"{expiry} {_time(record.cutoff)}")]
+    if record.kind == "client":
+        return [("c", layout.client_field(record.target), f"{expiry} {_time(record.cutoff)}")]
     if record.kind in ("user", "sidless"):
         field = layout.cutoff_field if record.kind == "user" else layout.sidless_field
         entries = [("c", field(record.target), f"{expiry} {_time(record.cutoff)}")]

@@ -16,6 +16,7 @@ SEP = "\t"
 STATE = "state"  # the last sequence applied; missing: Redis lost the bucket
 SWEEP = "sweep"  # the sweeper's HSCAN cursor
 META_FIELDS = (STATE, SWEEP)
+NO_FIELD = "-"  # a field no revocation writes (USER_CUTOFF with it: Redis's clock alone)
 
 
 def bucket_of(value: str) -> int:
@@ -44,6 +45,16 @@ def cutoff_field(user_id: str) -> str:
 def sidless_field(user_id: str) -> str:
     """Every token of the user without a sid issued up to a time (a back-channel logout of a session)."""
     return f"n:{user_id}"
+
+
+def grant_field(user_id: str, client_id: str) -> str:
+    """Every token of the user for one OAuth client issued up to a time (value: expiry, cutoff)."""
+    return f"g:{user_id}{SEP}{client_id}"
+
+
+def client_field(client_id: str) -> str:
+    """Every token of one OAuth client issued up to a time, whoever it acts for (expiry, cutoff)."""
+    return f"c:{client_id}"
 
 
 def covered_field(user_id: str, name: str) -> str:

@@ -23,7 +23,7 @@ from app.revocation.targets import RevocationTarget
 PAGE = 5000  # rows read and applied at a time when repairing
 INSERT_ATTEMPTS = 20  # concurrent revocations of one bucket take turns for its next sequence
 COLUMNS = ("id", "kind", "target", "user_id", "actor", "reason", "created_at", "expires_at", "cutoff", "covers",
-           "bucket", "seq")
+           "bucket", "seq", "client_id")
 _COLUMNS = tuple(getattr(Revocation, name) for name in COLUMNS)
 _TOP = select(func.coalesce(func.max(Revocation.seq), 0)).where(Revocation.bucket == bindparam("of_bucket"))
 _TOPS = select(*[select(func.max(Revocation.seq)).where(Revocation.bucket == b).scalar_subquery()
@@ -46,6 +46,7 @@ class Record:
     covers: list | None
     bucket: int
     seq: int
+    client_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +83,7 @@ class Records:
             kind=target.kind, target=target.value, user_id=target.user_id, actor=actor, reason=reason,
             created_at=datetime.now(UTC), expires_at=timestamp(target.expires_at), cutoff=timestamp(target.cutoff),
             covers=[list(pair) for pair in target.covers] or None, bucket=target.bucket, seq=_NEXT_SEQ,
+            client_id=target.client_id,
         ).returning(*_COLUMNS)
         for attempt in range(INSERT_ATTEMPTS):
             try:

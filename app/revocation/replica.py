@@ -193,7 +193,7 @@ class Replica:
         record = entries.from_log_entry(displaced, bucket, 0)
         target = RevocationTarget(record.kind, record.target, record.expires_at.timestamp(), record.user_id,
                                   None if record.cutoff is None else record.cutoff.timestamp(),
-                                  tuple((name, float(last)) for name, last in record.covers or ()))
+                                  tuple((name, float(last)) for name, last in record.covers or ()), record.client_id)
         known = max(self.floors[bucket], self.state(bucket) or 0)
         again = self.records.insert(target, record.actor, record.reason, at_least=known)
         self.apply(bucket, [again], "ordered", again.seq - 1, again.seq)

@@ -21,7 +21,7 @@ from app.revocation.channel import FloorChannel
 from app.revocation.checks import Checks, Principal, Window
 from app.revocation.eviction import check_at_start
 from app.revocation.floors import Epochs, Floors
-from app.revocation.layout import Layout, ahead_field, bucket_of
+from app.revocation.layout import NO_FIELD, Layout, ahead_field, bucket_of
 from app.revocation.records import Record, Records
 from app.revocation.replica import LOCK_WAIT_SECONDS, RESTORING, Replica
 from app.revocation.replies import Applied, user_cutoff_reply
@@ -165,6 +165,24 @@ class RevocationStore:
         target = self.lifetimes.user(user_id, reply.cutoff, reply.covers, time.time())
         return self.revoke(target, actor, reason)
 
+    def _redis_now(self, bucket: int) -> float:
+        """Redis's clock, the one every instance shares (a cutoff taken on it)."""
+        with fail_closed():
+            raw = self.client.run(ScriptCall("user_cutoff", [self.layout.bucket(bucket)], [NO_FIELD]))
+        return user_cutoff_reply(raw).cutoff
+
+    def revoke_grant(self, user_id: str, client_id: str, actor: str, reason: str | None = None,
+                     cutoff: float | None = None) -> Record:
+        """Every token of the user for one OAuth client issued up to `cutoff` (default: now, on
+        Redis's clock): the user withdrew the app's consent."""
+        now = self._redis_now(bucket_of(user_id)) if cutoff is None else cutoff
+        return self.revoke(self.lifetimes.grant(user_id, client_id, now, time.time()), actor, reason)
+
+    def revoke_client(self, client_id: str, actor: str, reason: str | None = None) -> Record:
+        """Every token of one OAuth client issued up to now, for every user (a compromised app)."""
+        cutoff = self._redis_now(bucket_of(client_id))
+        return self.revoke(self.lifetimes.client(client_id, cutoff, time.time()), actor, reason)
+
     def revoke_session(self, sid: str, actor: str, reason: str | None = None) -> Record:
         return self.revoke(RevocationTarget("session", sid, self.lifetimes.open_ended(time.time())), actor, reason)
 
@@ -177,16 +195,22 @@ class RevocationStore:
         target = self.lifetimes.token(claims, user_id if isinstance(user_id, str) else None, digest)
         return self.revoke(target, actor, reason)
 
-    def log_out(self, issuer: str, jti: str, sub: str | None, sid: str | None, cutoff: float, ttl: int) -> bool:
+    def log_out(self, issuer: str, jti: str, sub: str | None, sid: str | None, cutoff: float, ttl: int,
+                client_id: str | None = None) -> bool:
         """A back-channel logout, recorded as done by the issuer's back-channel; `cutoff`: when the
-        sign-out happened. False for a replayed `jti` (the revocations it asks for are there
-        already: nothing more is done)."""
+        sign-out happened. With a `client_id` (and a `sub`): that user's grant to the client ended.
+        False for a replayed `jti` (the revocations it asks for are there already: nothing more)."""
         seen = self.layout.logout_seen(hashlib.sha256(issuer.encode()).hexdigest()[:16], jti)
         with fail_closed():
             if self.client.client.exists(seen):
                 return False
-        for target in self.lifetimes.logged_out(sub, sid, cutoff, time.time()):
-            self.revoke(target, f"backchannel:{issuer}", f"back-channel logout {jti}")
+        actor, reason, now = f"backchannel:{issuer}", f"back-channel logout {jti}", time.time()
+        if client_id is not None and sub is not None:
+            targets = [self.lifetimes.grant(sub, client_id, cutoff, now)]
+        else:
+            targets = self.lifetimes.logged_out(sub, sid, cutoff, now)
+        for target in targets:
+            self.revoke(target, actor, reason)
         with fail_closed():  # after the revocations: a sender that saw a failure sends it again
             self.client.client.set(seen, "1", ex=ttl)
         return True

@@ -46,6 +46,8 @@ class LogoutToken:
     # When the sign-out happened: the cutoff for the user's tokens (default: iat). A sender that
     # retries an old sign-out signs a fresh token (a recent iat) that keeps the old cutoff.
     revoked_before: float
+    # A grant ended (a user withdrew an OAuth client's consent): that user's tokens of that client.
+    client_id: str | None = None
 
 
 
@@ -76,6 +78,8 @@ def check_shape(signed: SignedToken, settings: Settings, now: float) -> None:
     for name in ("sub", "sid"):
         _check(name not in claims or is_identifier(claims[name]), f"{name} must be a non-empty string")
     _check("nonce" not in claims, "a logout token has no nonce")
+    if "client_id" in claims:
+        _check(is_identifier(claims["client_id"]) and "sub" in claims, "client_id needs a sub, as a string")
     if "revoked_before" in claims:
         _check(is_number(claims["revoked_before"]) and claims["revoked_before"] <= claims["iat"],
                "revoked_before must be a date no later than iat")
@@ -117,4 +121,4 @@ def validate(token: Any, settings: Settings, keys: JwksKeySet | None, now: float
     verify_signature(token.strip(), signed, settings, keys)
     claims = signed.claims
     return LogoutToken(claims["iss"], claims["jti"], float(claims["iat"]), claims.get("sub"), claims.get("sid"),
-                       float(claims.get("revoked_before", claims["iat"])))
+                       float(claims.get("revoked_before", claims["iat"])), claims.get("client_id"))

@@ -24,16 +24,18 @@ from flask_jwt_extended import decode_token
 from jwt.exceptions import ExpiredSignatureError
 
 from app.config import SYMMETRIC_ALGORITHMS, Settings
-from app.errors import ApiError, TokenRejected, ValidationFailed
+from app.errors import ApiError, TokenRejected
 from app.security.jwks import JwksKeySet
 
 MAX_ID_LENGTH = 255
 # Header parameters we refuse outright: critical extensions we do not implement,
 # unencoded payloads (RFC 7797), and anything JWE-shaped.
 FORBIDDEN_HEADERS = frozenset({"crit", "b64", "zip", "enc"})
-# `typ` values of an access token (RFC 7519 §5.1, RFC 9068 §2.1; case-insensitive, and the
-# "application/" prefix may be left out). Anything else is a token made for another job.
-ACCESS_TOKEN_TYPES = frozenset({"jwt", "application/jwt", "at+jwt", "application/at+jwt"})
+# `typ` values of a first-party access token (RFC 7519 §5.1; case-insensitive, and the
+# "application/" prefix may be left out); RFC 9068's `at+jwt` is an OAuth access token
+# (app.security.oauth_tokens), never a first-party one. Anything else is for another job.
+ACCESS_TOKEN_TYPES = frozenset({"jwt", "application/jwt"})
+OAUTH_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 # 9999-12-31T23:59:59Z, the last instant a datetime can hold (/me formats exp and iat).
 MAX_TIMESTAMP = 253_402_300_799
 # Role lists are split on commas and ASCII whitespace only: str.split() would also split on
@@ -66,6 +68,16 @@ class Principal:
     exp: float
     claims: dict[str, Any]  # as signed
     key_id: str | None = None  # the JWKS key that verified it (None: the shared secret)
+    # An OAuth access token (app.security.oauth_tokens): the client acting for the user, the
+    # scopes it was granted, and the key a DPoP-bound token is bound to. None: a first-party
+    # token, which can do everything its user can.
+    client_id: str | None = None
+    scopes: frozenset[str] | None = None
+    jkt: str | None = None
+
+    @property
+    def oauth(self) -> bool:
+        return self.client_id is not None
 
     @cached_property
     def token_digest(self) -> str:
@@ -115,9 +127,15 @@ def read_segments(token: str) -> SignedToken:
 # --- the checks ------------------------------------------------------------------------
 
 
+def is_oauth_token(signed: SignedToken) -> bool:
+    typ = signed.header.get("typ")
+    return isinstance(typ, str) and typ.lower() in OAUTH_TOKEN_TYPES
+
+
 def check_access_token(signed: SignedToken) -> None:
     """RFC 8725 §3.11-3.12: a token made for another job (an OpenID Connect logout token:
-    `typ: logout+jwt`, or an `events` claim) never authenticates an API call."""
+    `typ: logout+jwt`, or an `events` claim; an OAuth access token, `typ: at+jwt`) never
+    authenticates as a first-party token."""
     typ = signed.header.get("typ")
     if typ is not None and (not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES):
         raise TokenRejected("The token is not an access token.")
@@ -125,6 +143,8 @@ def check_access_token(signed: SignedToken) -> None:
         raise TokenRejected("The token is not an access token.")
     if signed.claims.get("type", "access") != "access":  # flask-jwt-extended's refresh tokens
         raise TokenRejected("The token is not an access token.")
+    if "client_id" in signed.claims:  # RFC 9068's mark of an OAuth access token, whatever its typ
+        raise TokenRejected("The token names an OAuth client: only an OAuth access token (typ at+jwt) may.")
 
 
 def is_number(value: Any) -> bool:
@@ -139,9 +159,11 @@ def is_identifier(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
 
 
-def check_claims(claims: dict[str, Any], settings: Settings, now: float | None = None) -> None:
+def check_claims(claims: dict[str, Any], settings: Settings, now: float | None = None,
+                 user_claim: str | None = None) -> None:
     """The claim checks PyJWT leaves to us: presence, types and the maximum age. They come
-    before the signature check: PyJWT would read `"exp": true` as 1 and `"exp": "9"` as 9."""
+    before the signature check: PyJWT would read `"exp": true` as 1 and `"exp": "9"` as 9.
+    `user_claim`: the claim naming the user (default JWT_USER_CLAIM)."""
     now = time.time() if now is None else now
     for name in ("exp", "iat"):
         if name not in claims:
@@ -149,7 +171,7 @@ def check_claims(claims: dict[str, Any], settings: Settings, now: float | None =
     for name in ("exp", "iat", "nbf"):
         if name in claims and not is_number(claims[name]):
             raise TokenRejected(f"The token's '{name}' claim must be a date (a number of seconds since 1970).")
-    for name in {"sub", settings.user_claim}:
+    for name in {"sub", user_claim or settings.user_claim}:
         if not is_identifier(claims.get(name)):
             raise TokenRejected(f"The token's '{name}' claim must be a non-empty string.")
     for name in ("jti", "sid"):
@@ -208,9 +230,8 @@ def check_not_banned(claims: dict[str, Any]) -> None:
         raise TokenRejected("The user is banned.")
 
 
-def verify(token: str, settings: Settings, now: float | None = None) -> Principal:
-    """The whole policy for a token not seen before."""
-    signed = read_segments(token)
+def verify(token: str, signed: SignedToken, settings: Settings, now: float | None = None) -> Principal:
+    """A first-party token not seen before (app.security.policy chooses this or OAuth's)."""
     check_access_token(signed)
     check_claims(signed.claims, settings, now)
     check_not_banned(signed.claims)
@@ -222,7 +243,7 @@ def verify(token: str, settings: Settings, now: float | None = None) -> Principa
 # --- who the token names ---------------------------------------------------------------
 
 
-def _text(value: Any) -> str | None:
+def claim_text(value: Any) -> str | None:
     """A string claim as text: a lone UTF-16 surrogate (a JS string cut mid-emoji, sent as
     "\\ud83d") becomes U+FFFD instead of breaking the JSON encoder."""
     if not isinstance(value, str):
@@ -236,7 +257,7 @@ def role_names(role: Any) -> list[str]:
         parts = [role]
     else:
         parts = [part for part in role if isinstance(part, str)] if isinstance(role, list) else []
-    return [name for part in parts for name in ROLE_SEPARATORS.split(_text(part)) if name]
+    return [name for part in parts for name in ROLE_SEPARATORS.split(claim_text(part)) if name]
 
 
 def principal_from_claims(claims: dict[str, Any], settings: Settings, key_id: str | None = None) -> Principal:
@@ -246,9 +267,9 @@ def principal_from_claims(claims: dict[str, Any], settings: Settings, key_id: st
     return Principal(
         user_id=user_id,
         subject=claims["sub"],
-        email=_text(claims.get("email")),
-        name=_text(claims.get("name")),
-        role=_text(role) if isinstance(role, str) else (",".join(names) or None),
+        email=claim_text(claims.get("email")),
+        name=claim_text(claims.get("name")),
+        role=claim_text(role) if isinstance(role, str) else (",".join(names) or None),
         is_admin="admin" in names or user_id in settings.admin_user_ids,
         jti=claims.get("jti"),
         sid=claims.get("sid"),
@@ -257,22 +278,3 @@ def principal_from_claims(claims: dict[str, Any], settings: Settings, key_id: st
         claims=claims,
         key_id=key_id,
     )
-
-
-def claims_for_revocation(token: str, settings: Settings) -> dict[str, Any]:
-    """The claims, as signed, of a token this service would accept (expired or not), for an
-    admin revoking it; anything else is a 422 (there is nothing to revoke)."""
-    token = token.strip()
-    try:
-        signed = read_segments(token)
-        check_access_token(signed)
-        check_claims(signed.claims, settings)
-        verify_signature(token, signed, allow_expired=True)
-    except ApiError as error:
-        if error.status != 401:
-            raise
-        raise ValidationFailed(
-            "The token is not one this service accepts, so there is nothing to revoke.",
-            [{"field": "token", "message": "not a valid token for this service", "type": "value_error"}],
-        ) from error
-    return signed.claims

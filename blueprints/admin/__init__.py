@@ -8,6 +8,8 @@ from sqlalchemy import func, select
 from app.api import endpoint, json_response
 from app.models import Revocation
 from app.schemas import (
+    ClientPath,
+    ClientRevoked,
     RevocationListQuery,
     RevocationRecord,
     Revoked,
@@ -17,7 +19,8 @@ from app.schemas import (
     UserPath,
     UserRevoked,
 )
-from app.security.tokens import Principal, claims_for_revocation, token_digest
+from app.security.policy import claims_for_revocation
+from app.security.tokens import Principal, token_digest
 from app.services import services
 
 bp = Blueprint("admin", __name__)
@@ -45,6 +48,14 @@ def revoke_session(principal: Principal, path: SessionPath, body: RevokeRequest)
     return json_response({"revoked": "session", "target": path.sid})
 
 
+@bp.post("/api/v1/admin/clients/<id:client_id>/revoke", merge_slashes=False)
+@endpoint(summary="Revoke every OAuth access token of a third-party app issued up to now, for every user",
+          tag="admin", auth="admin", path=ClientPath, body=RevokeRequest, body_required=False, response=ClientRevoked)
+def revoke_client(principal: Principal, path: ClientPath, body: RevokeRequest):
+    record = services().store.revoke_client(path.client_id, _actor(principal), body.reason)
+    return json_response({"client_id": path.client_id, "revoked_before": record.cutoff})
+
+
 @bp.post("/api/v1/admin/tokens/revoke")
 @endpoint(summary="Revoke one token, by jti or by the token itself", tag="admin", auth="admin",
           body=RevokeTokenRequest, response=Revoked)
@@ -53,7 +64,7 @@ def revoke_token(principal: Principal, body: RevokeTokenRequest):
     if body.jti is not None:
         record = store.revoke_jti(body.jti, _actor(principal), body.reason)
     else:
-        claims = claims_for_revocation(body.token, services().settings)
+        claims = claims_for_revocation(body.token, services().settings, services().keys)
         record = store.revoke_token(claims, token_digest(claims), _actor(principal), body.reason)
     return json_response({"revoked": record.kind, "target": record.target})
 
@@ -67,6 +78,8 @@ def list_revocations(principal: Principal, query: RevocationListQuery):
                        func.count().over().label("total"))
     if query.user_id is not None:
         statement = statement.where(Revocation.user_id == query.user_id)
+    if query.client_id is not None:
+        statement = statement.where(Revocation.client_id == query.client_id)
     rows = services().database.rows(statement.order_by(Revocation.created_at.desc(), Revocation.id.desc())
                                     .limit(query.limit).offset(query.offset))
     if rows:

@@ -16,6 +16,7 @@ from app.services import services
 bp = Blueprint("auth", __name__)
 
 
+
 def _timestamp(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
@@ -34,6 +35,8 @@ def me(principal: Principal):
             "sid": principal.sid,
             "iat": _timestamp(principal.iat),
             "exp": _timestamp(principal.exp),
+            "client_id": principal.client_id,
+            "scope": " ".join(sorted(principal.scopes)) if principal.scopes is not None else None,
         },
     })
 
@@ -68,5 +71,6 @@ def backchannel_logout():
             found.rate_limits.authentication_failed(request.remote_addr)
         raise error if isinstance(error, InvalidRequest) else InvalidRequest(str(error)) from None
     found.store.log_out(logout.issuer, logout.jti, logout.sub, logout.sid, logout.revoked_before,
-                        ttl=found.settings.logout_token_max_age_seconds + found.settings.leeway_seconds)
+                        ttl=found.settings.logout_token_max_age_seconds + found.settings.leeway_seconds,
+                        client_id=logout.client_id)
     return Response(status=200, headers={"Cache-Control": "no-store"})

@@ -15,6 +15,8 @@ from app.services import services
 from app.tasks import OwnedTasks
 
 bp = Blueprint("tasks", __name__)
+# The OAuth scopes a third-party app's token needs (app.protected_resource lists them).
+READ, WRITE = "tasks:read", "tasks:write"
 
 COLLECTION = ("/api/<user_id>/tasks", "/api/v1/tasks")
 ITEM = ("/api/<user_id>/tasks/<int:task_id>", "/api/v1/tasks/<int:task_id>")
@@ -37,7 +39,7 @@ def owned_tasks(principal: Principal, user_id: str | None) -> OwnedTasks:
 
 
 @route("GET", COLLECTION)
-@endpoint(summary="List my tasks", tag="tasks", query=TaskListQuery, response=list[Task],
+@endpoint(summary="List my tasks", tag="tasks", scope=READ, query=TaskListQuery, response=list[Task],
           errors=(403,), headers={"X-Total-Count": "Number of tasks matching the filters"})
 def list_tasks(principal: Principal, query: TaskListQuery, user_id: str | None = None):
     tasks, total = owned_tasks(principal, user_id).list(query)
@@ -45,7 +47,7 @@ def list_tasks(principal: Principal, query: TaskListQuery, user_id: str | None =
 
 
 @route("POST", COLLECTION)
-@endpoint(summary="Create a task", tag="tasks", body=TaskCreate, response=Task, status=201,
+@endpoint(summary="Create a task", tag="tasks", scope=WRITE, body=TaskCreate, response=Task, status=201,
           errors=(403,), headers={"Location": "URL of the new task"})
 def create_task(principal: Principal, body: TaskCreate, user_id: str | None = None):
     task = owned_tasks(principal, user_id).create(body)
@@ -55,33 +57,33 @@ def create_task(principal: Principal, body: TaskCreate, user_id: str | None = No
 
 
 @route("GET", ITEM)
-@endpoint(summary="Get one of my tasks", tag="tasks", response=Task, errors=(403, 404))
+@endpoint(summary="Get one of my tasks", tag="tasks", scope=READ, response=Task, errors=(403, 404))
 def get_task(principal: Principal, task_id: int, user_id: str | None = None):
     return json_response(owned_tasks(principal, user_id).read(task_id))
 
 
 @route("PUT", ITEM)
-@endpoint(summary="Replace a task (title required)", tag="tasks", body=TaskReplace, response=Task,
+@endpoint(summary="Replace a task (title required)", tag="tasks", scope=WRITE, body=TaskReplace, response=Task,
           errors=(403, 404))
 def replace_task(principal: Principal, task_id: int, body: TaskReplace, user_id: str | None = None):
     return json_response(owned_tasks(principal, user_id).replace(task_id, body))
 
 
 @route("PATCH", ITEM)
-@endpoint(summary="Update some fields of a task", tag="tasks", body=TaskPatch, response=Task,
+@endpoint(summary="Update some fields of a task", tag="tasks", scope=WRITE, body=TaskPatch, response=Task,
           errors=(403, 404))
 def patch_task(principal: Principal, task_id: int, body: TaskPatch, user_id: str | None = None):
     return json_response(owned_tasks(principal, user_id).patch(task_id, body))
 
 
 @route("DELETE", ITEM)
-@endpoint(summary="Delete a task", tag="tasks", status=204, errors=(403, 404))
+@endpoint(summary="Delete a task", tag="tasks", scope=WRITE, status=204, errors=(403, 404))
 def delete_task(principal: Principal, task_id: int, user_id: str | None = None):
     owned_tasks(principal, user_id).delete(task_id)
     return Response(status=204)
 
 
 @route("PATCH", COMPLETE)
-@endpoint(summary="Toggle a task's completed flag", tag="tasks", response=Task, errors=(403, 404))
+@endpoint(summary="Toggle a task's completed flag", tag="tasks", scope=WRITE, response=Task, errors=(403, 404))
 def toggle_task(principal: Principal, task_id: int, user_id: str | None = None):
     return json_response(owned_tasks(principal, user_id).toggle(task_id))

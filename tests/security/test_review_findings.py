@@ -308,8 +308,8 @@ def test_10_the_bearer_scheme_is_case_insensitive(client, make_token, scheme):
     ({}, {"events": {"http://schemas.openid.net/event/backchannel-logout": {}}}, False),
     ({"typ": "JWT"}, {"events": {}}, False),
     ({"typ": "JWT"}, {}, True),
-    ({"typ": "at+jwt"}, {}, True),
-    ({"typ": "application/at+JWT"}, {}, True),
+    ({"typ": "at+jwt"}, {}, False),  # an OAuth access token: never a first-party one (tests/test_oauth_tokens.py)
+    ({"typ": "application/at+JWT"}, {}, False),
     ({}, {}, True),
 ])
 def test_11_only_access_tokens_authenticate(client, header, extra, accepted):

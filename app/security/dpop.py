@@ -1,0 +1,90 @@
+"""DPoP (RFC 9449): a sender-constrained OAuth access token (`cnf.jkt`) is accepted only with
+`Authorization: DPoP <token>` and a `DPoP` proof that the request's sender holds the bound
+key (ARCHITECTURE.md, "OAuth access tokens"): §4.3's checks, the proof's `jti` remembered in
+Redis for as long as a proof is good, so that a captured proof cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import jwt as pyjwt
+
+from app.errors import TokenRejected
+from app.redis_client import RedisClient, fail_closed
+from app.security.tokens import is_identifier, is_number, read_segments
+
+# Asymmetric algorithms a proof may use (RFC 9449 §7.1: never none or MAC).
+PROOF_ALGORITHMS = ("EdDSA", "ES256", "ES384", "ES512", "PS256", "RS256")
+THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n")}
+PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638: SHA-256 of the key's required members, in order, as compact JSON."""
+    members = THUMBPRINT_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
+    if members is None or not all(isinstance(jwk.get(name), str) for name in members):
+        raise TokenRejected("The DPoP proof's key is not a public key this API can use.", "invalid_dpop_proof")
+    canonical = json.dumps({name: jwk[name] for name in members}, separators=(",", ":"), sort_keys=True)
+    return b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+def proof_error(detail: str) -> TokenRejected:
+    return TokenRejected(detail, "invalid_dpop_proof")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a proof is about: the method and the URL (no query or fragment) of this request."""
+
+    method: str
+    url: str
+
+
+def check_proof(proof: str, request: Request, access_token: str, jkt: str, now: float, max_age: int) -> str:
+    """§4.3 for one proof; returns its `jti` (the caller makes sure it is used only once)."""
+    signed = read_segments(proof)
+    header, claims = signed.header, signed.claims
+    jwk = header.get("jwk")
+    if str(header.get("typ", "")).lower() != "dpop+jwt":
+        raise proof_error("The DPoP proof must have typ dpop+jwt.")
+    if header.get("alg") not in PROOF_ALGORITHMS or not isinstance(jwk, dict) or PRIVATE_MEMBERS & jwk.keys():
+        raise proof_error("The DPoP proof must be signed with an asymmetric key it carries, public only.")
+    if thumbprint(jwk) != jkt:
+        raise proof_error("The DPoP proof is signed with another key than the token is bound to.")
+    try:
+        pyjwt.decode(proof, pyjwt.PyJWK(jwk).key, algorithms=[header["alg"]], options={"verify_aud": False})
+    except Exception:  # noqa: BLE001 - any failure to verify the proof is the client's
+        raise proof_error("The DPoP proof's signature is not valid.") from None
+    if not is_identifier(claims.get("jti")) or not is_number(claims.get("iat")):
+        raise proof_error("The DPoP proof needs a jti and an iat.")
+    if abs(now - claims["iat"]) > max_age:
+        raise proof_error("The DPoP proof is too old, or from the future.")
+    if claims.get("htm") != request.method or claims.get("htu") != request.url:
+        raise proof_error("The DPoP proof was made for another request (htm, htu).")
+    if claims.get("ath") != b64url(hashlib.sha256(access_token.encode()).digest()):
+        raise proof_error("The DPoP proof was made for another access token (ath).")
+    return claims["jti"]
+
+
+class ProofReplays:
+    """A proof's `jti` is accepted once (per bound key) while a proof is good: SET NX in Redis,
+    shared by every instance; Redis unreachable is a 503, as for revocations."""
+
+    def __init__(self, client: RedisClient, prefix: str, max_age: int) -> None:
+        self.client, self.prefix, self.max_age = client, prefix, max_age
+
+    def first_use(self, jkt: str, jti: str) -> None:
+        key = f"{self.prefix}dpop:{jkt}:{hashlib.sha256(jti.encode()).hexdigest()[:32]}"
+        with fail_closed():
+            fresh = self.client.client.set(key, "1", nx=True, ex=2 * self.max_age + 1)
+        if not fresh:
+            raise proof_error("The DPoP proof was used before.")
