@@ -1,42 +1,59 @@
-// @taskgate/better-auth: tells taskgate at once when Better Auth ends a session, bans or
-// deletes a user, with an OpenID Connect Back-Channel Logout 1.0 logout token.
+// @taskgate/better-auth: tells taskgate when Better Auth ends a session, bans or deletes a
+// user, with an OpenID Connect Back-Channel Logout 1.0 logout token, through a durable outbox.
 //
-// Hook points (better-auth 1.7.25): every session deletion of the internal adapter
+// Hook points (better-auth 1.7.29). Every session deletion of the internal adapter
 // (deleteSession, deleteSessions, deleteUserSessions, deleteUser) runs the database hooks
-// `session.delete.after` once per deleted row, after the transaction commits and before
-// the endpoint answers; a ban is an update of the user row with `banned: true`
-// (`user.update.*`); a deletion runs `user.delete.after`. So the plugin hooks the database,
-// not endpoint paths, and covers server-side `auth.api.*` calls and other plugins too.
+// `session.delete.before` per row, inside the caller's transaction when there is one (Better
+// Auth runs them through getCurrentAdapter, i.e. on the transaction's connection), and
+// `session.delete.after` per row once that transaction has committed. A user deletion runs
+// `user.delete.before`/`after` the same way. A ban is an update of the user row with
+// `banned: true`; `user.update.before` sees the new data but not which user it is, so a ban's
+// own `{sub}` logout is written by `user.update.after`, right after the update.
+//
+// So: each logout is written to the `taskgateOutbox` table by the before hook, through the
+// adapter of the current transaction (it commits or rolls back with the deletion). The after
+// hook makes the first attempt at once (awaited, at most `timeout` per Better Auth call).
+// Whatever is not delivered stays in the table, and a background loop in every Better Auth
+// instance on that database delivers it, claiming each row with a lease, until it is
+// delivered, refused (4xx), or can no longer matter (every token it covers has expired).
 
+import { getCurrentAdapter } from "better-auth";
 import { resolveSigningKey, signJWT } from "better-auth/plugins/jwt";
+import { SignJWT } from "jose";
 
 export const BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout";
 export const LOGOUT_TOKEN_TYPE = "logout+jwt";
 export const RECEIVER_PATH = "/api/v1/auth/backchannel-logout";
+export const OUTBOX_MODEL = "taskgateOutbox";
+/** Seconds added to `maxTokenAge` before a logout is given up: taskgate's leeway (at most 300 s) and clock skew. */
+export const GIVE_UP_MARGIN = 600;
 
 const DEFAULTS = {
   timeout: 2000,
   tokenLifetime: 120,
-  retry: {
-    maxAttempts: 12,
-    initialDelay: 500,
-    maxDelay: 30_000,
-    // Every attempt carries the event's own iat, and taskgate refuses a logout token whose
-    // iat is older than its bound (5 minutes by default): retrying past it is pointless.
-    maxElapsed: 240_000,
-    timeout: 10_000,
-  },
+  maxTokenAge: 604_800, // taskgate's JWT_MAX_AGE_SECONDS default (7 days)
+  retry: { initialDelay: 500, maxDelay: 30_000, timeout: 10_000 },
+  outbox: { pollInterval: 5000, lease: 60_000, batchSize: 50 },
 };
+
+// A timer runs in the async context that scheduled it (a request's, in Better Auth's
+// AsyncLocalStorage stores): the loop runs in the context the plugin started it in instead.
+const { AsyncResource } = globalThis.process?.getBuiltinModule?.("node:async_hooks") ?? {};
 
 /** @param {import("./index.d.ts").TaskgateOptions} options */
 export function taskgate(options) {
   const config = resolveOptions(options);
   const endpoint = config.url + RECEIVER_PATH;
+  const clock = config.now;
+  const durable = config.outbox !== false && config.retry !== false;
+  const model = OUTBOX_MODEL;
+  const instance = crypto.randomUUID(); // this process's lease owner
   /** @type {import("better-auth").AuthContext | undefined} */
   let authContext;
   let mode = "hs256";
   let log = consoleLogger;
-  const inflight = new Set();
+  const inflight = new Set(); // running deliveries: first attempts and volatile ones
+  const volatile = new Set(); // logouts kept in memory only (no outbox, or it could not be written)
   // One awaited budget per Better Auth call: a call that deletes many sessions (revokeSessions,
   // banUser) waits at most `timeout` in total, not `timeout` per session.
   const deadlines = new WeakMap();
@@ -44,27 +61,149 @@ export function taskgate(options) {
   // (banned set to true now) from any later update of an already banned user. Outside an
   // endpoint (no context to pair them by) any update that leaves banned: true counts.
   const banning = new WeakSet();
+  // The outbox row a before hook wrote, by the row Better Auth deletes (the after hook gets the
+  // same object).
+  const written = new WeakMap();
+  const loop = {
+    scope: undefined, timer: undefined, timerAt: Infinity, running: undefined, again: false,
+    stopped: false, started: false, failures: 0, lastError: "", loggedError: "",
+  };
 
-  async function logout(claims, hookContext, why) {
+  // ---- the outbox table ----------------------------------------------------------------
+
+  const db = () => authContext.adapter;
+  const at = (ms) => new Date(ms);
+  // The memory adapter makes a table on its first insert and throws "not found" on a read before.
+  const noTableYet = (error) => authContext.adapter.id === "memory" && /not found/.test(String(error?.message));
+  const rows = (query) => db().findMany(query).catch((error) => {
+    if (noTableYet(error)) return [];
+    throw error;
+  });
+
+  function toRecord(row) {
+    return {
+      id: row.id,
+      claims: dropUndefined({ sub: row.sub, sid: row.sid ?? undefined }),
+      action: row.action ?? "logout",
+      revokedAt: time(row.revokedAt),
+      attempts: Number(row.attempts ?? 0),
+      confirmed: Boolean(row.confirmed),
+      lastError: row.lastError ?? "",
+    };
+  }
+
+  // Written before the deletion, through the adapter of the current transaction if any, so the
+  // row commits (or rolls back) with it. Leased to this instance: its after hook makes the
+  // first attempt; if that hook never runs (a crash, a rollback on an adapter without
+  // transactions, a vetoed deletion), any instance takes the row when the lease ends and
+  // first checks that the deletion really happened (`confirmed: false`).
+  async function insert(claims, action, confirmed, adapter) {
+    const now = clock();
+    const row = await adapter.create({
+      model,
+      data: {
+        sub: claims.sub,
+        sid: claims.sid,
+        action,
+        revokedAt: at(now),
+        confirmed,
+        attempts: 0,
+        nextAttemptAt: at(now),
+        leaseUntil: at(now + config.outbox.lease),
+        leaseOwner: instance,
+      },
+    });
+    return toRecord(row);
+  }
+
+  async function record(entity, claims, action) {
+    if (!authContext || !durable) return;
+    try {
+      written.set(entity, await insert(claims, action, false, await getCurrentAdapter(db())));
+    } catch (error) {
+      // On PostgreSQL a failed statement also aborts the transaction around it, so the
+      // deletion fails too; elsewhere the after hook writes the row or keeps it in memory.
+      logOnce(`[taskgate] could not write ${describe({ claims, action })} to the outbox: ${errorText(error)}`);
+    }
+  }
+
+  async function claim(row) {
+    const now = clock();
+    const claimed = await db().incrementOne({
+      model,
+      where: [
+        { field: "id", value: row.id },
+        { field: "leaseUntil", operator: "lte", value: at(now) },
+      ],
+      increment: { attempts: 1 },
+      set: { leaseUntil: at(now + config.outbox.lease), leaseOwner: instance },
+    });
+    return claimed && claimed.leaseOwner === instance ? toRecord(claimed) : null;
+  }
+
+  async function remove(rec) {
+    await db().delete({ model, where: [{ field: "id", value: rec.id }] });
+  }
+
+  async function release(rec, outcome) {
+    const delay = backoff(Math.max(1, rec.attempts), outcome.retryAfter);
+    await db().update({
+      model,
+      where: [{ field: "id", value: rec.id }, { field: "leaseOwner", value: instance }],
+      update: {
+        attempts: rec.attempts,
+        confirmed: true,
+        nextAttemptAt: at(clock() + delay),
+        leaseUntil: at(0),
+        leaseOwner: null,
+        lastError: outcome.detail.slice(0, 500),
+      },
+    });
+    return delay;
+  }
+
+  // A row whose after hook never ran: did the deletion it was written for happen?
+  async function deletionHappened(rec) {
+    if (rec.claims.sid) {
+      const session = await db().findOne({ model: "session", where: [{ field: "id", value: rec.claims.sid }] });
+      // preserveSessionInDatabase keeps the row with expiresAt set to the time it ended
+      return !session || time(session.expiresAt) <= clock();
+    }
+    return !(await db().findOne({ model: "user", where: [{ field: "id", value: rec.claims.sub }] }));
+  }
+
+  const giveUpAt = (rec) => rec.revokedAt + (config.maxTokenAge + GIVE_UP_MARGIN) * 1000;
+
+  // ---- one logout, from a hook --------------------------------------------------------
+
+  async function logout(entity, claims, hookContext, why) {
     if (!authContext) return; // init has not run: Better Auth is not set up with us
     const ctx = hookContext ?? { context: authContext };
-    const event = {
-      claims,
-      jti: crypto.randomUUID(),
-      iat: Math.floor(Date.now() / 1000),
-      action: hookContext?.path ?? why,
-    };
+    const action = hookContext?.path ?? why;
+    let rec = written.get(entity);
+    written.delete(entity);
+    if (!rec && durable) {
+      try {
+        rec = await insert(claims, action, true, db()); // after the commit: confirmed
+      } catch (error) {
+        logOnce(`[taskgate] could not write ${describe({ claims, action })} to the outbox: ${errorText(error)}; `
+          + "it is retried from memory only");
+      }
+    }
+    rec ??= { claims, action, revokedAt: clock(), attempts: 0, confirmed: true, lastError: "", volatile: true };
+    rec.action = action;
+
     let firstAttempt;
     const attempted = new Promise((resolve) => {
       firstAttempt = resolve;
     });
-    const delivery = deliver(ctx, event, firstAttempt).catch((error) => {
-      log.error(`[taskgate] back-channel logout ${describe(event)} failed: ${errorText(error)}`);
-    }).finally(() => {
-      inflight.delete(delivery);
-      firstAttempt();
-    });
-    inflight.add(delivery);
+    const work = (rec.volatile ? deliverVolatile(ctx, rec, firstAttempt) : deliverFirst(ctx, rec, firstAttempt))
+      .catch((error) => log.error(`[taskgate] back-channel logout ${describe(rec)} failed: ${errorText(error)}`))
+      .finally(() => {
+        inflight.delete(work);
+        firstAttempt();
+      });
+    inflight.add(work);
 
     const now = Date.now();
     let deadline = now + config.timeout;
@@ -77,67 +216,236 @@ export function taskgate(options) {
       timer = setTimeout(resolve, Math.max(0, deadline - now));
     })]);
     clearTimeout(timer);
-    // What is left (retries) must outlive the request on serverless hosts too:
-    // Better Auth's background-task handler (advanced.backgroundTasks, e.g. waitUntil).
-    authContext.runInBackground(delivery);
+    // What is left must outlive the request on serverless hosts too: Better Auth's
+    // background-task handler (advanced.backgroundTasks, e.g. waitUntil).
+    authContext.runInBackground(work);
   }
 
-  async function deliver(ctx, event, firstAttemptDone) {
-    const sign = await signer(ctx);
-    const started = Date.now();
-    let attempt = 0;
-    let last = "";
-    for (;;) {
-      attempt += 1;
-      const outcome = await post(await sign(event), attempt === 1 ? config.timeout : config.retry.timeout);
-      if (attempt === 1) firstAttemptDone();
-      if (outcome.kind === "delivered") {
-        if (attempt > 1) log.info(`[taskgate] back-channel logout ${describe(event)} delivered on attempt ${attempt}`);
-        return;
+  // The first attempt of a logout that has its outbox row (leased to us by insert()).
+  async function deliverFirst(ctx, rec, firstAttemptDone) {
+    rec.attempts = 1;
+    const outcome = await attempt(ctx, rec, config.timeout);
+    firstAttemptDone();
+    await settleOutcome(rec, outcome);
+  }
+
+  // What an attempt's outcome does to the row: gone when delivered or refused, else released
+  // for a later attempt (by any instance).
+  async function settleOutcome(rec, outcome) {
+    if (outcome.kind === "delivered") {
+      if (rec.attempts > 1) log.info(`[taskgate] back-channel logout ${describe(rec)} delivered on attempt ${rec.attempts}`);
+      await remove(rec);
+      return "delivered";
+    }
+    if (outcome.kind === "refused") {
+      log.error(`[taskgate] back-channel logout ${describe(rec)} refused by ${endpoint}: ${outcome.detail}; not retried`);
+      await remove(rec);
+      await undelivered(rec, outcome.detail, true);
+      return "refused";
+    }
+    rec.lastError = outcome.detail;
+    const delay = await release(rec, outcome);
+    if (rec.attempts === 1) {
+      log.warn(`[taskgate] back-channel logout ${describe(rec)} attempt 1 failed: ${outcome.detail}; `
+        + "kept in the outbox and retried in the background");
+    }
+    wakeIn(delay);
+    return "retry";
+  }
+
+  // Without the outbox (`outbox: false`, `retry: false`, or a row that could not be written):
+  // retried from memory, lost if the process stops.
+  async function deliverVolatile(ctx, rec, firstAttemptDone) {
+    volatile.add(rec);
+    try {
+      for (;;) {
+        rec.attempts += 1;
+        const outcome = await attempt(ctx, rec, rec.attempts === 1 ? config.timeout : config.retry.timeout);
+        if (rec.attempts === 1) firstAttemptDone();
+        if (outcome.kind === "delivered") {
+          if (rec.attempts > 1) log.info(`[taskgate] back-channel logout ${describe(rec)} delivered on attempt ${rec.attempts}`);
+          return;
+        }
+        if (outcome.kind === "refused") {
+          log.error(`[taskgate] back-channel logout ${describe(rec)} refused by ${endpoint}: ${outcome.detail}; not retried`);
+          return undelivered(rec, outcome.detail, true);
+        }
+        rec.lastError = outcome.detail;
+        const delay = backoff(rec.attempts, outcome.retryAfter);
+        const why = !config.retry ? "retries are off"
+          : clock() + delay > giveUpAt(rec) ? "every token it covers has expired"
+            : loop.stopped ? "the plugin was closed (this logout was in memory only)" : "";
+        if (why) {
+          log.error(`[taskgate] back-channel logout ${describe(rec)} not delivered to ${endpoint} after `
+            + `${rec.attempts} attempt(s): ${outcome.detail}; given up: ${why}`);
+          return undelivered(rec, outcome.detail, false);
+        }
+        if (rec.attempts === 1) {
+          log.warn(`[taskgate] back-channel logout ${describe(rec)} attempt 1 failed: ${outcome.detail}; `
+            + "retrying from memory (not durable)");
+        }
+        await sleep(delay);
       }
-      last = outcome.detail;
-      if (outcome.kind === "refused") {
-        log.error(`[taskgate] back-channel logout ${describe(event)} refused by ${endpoint}: ${last}; not retried`);
-        return undelivered(event, attempt, last, true);
-      }
-      const delay = backoff(attempt, outcome.retryAfter);
-      const elapsed = Date.now() - started;
-      if (!config.retry || attempt >= config.retry.maxAttempts || elapsed + delay > config.retry.maxElapsed) {
-        log.error(`[taskgate] back-channel logout ${describe(event)} not delivered to ${endpoint} after ${attempt} `
-          + `attempt(s) in ${Math.round(elapsed / 1000)} s: ${last}`);
-        return undelivered(event, attempt, last, false);
-      }
-      if (attempt === 1) {
-        log.warn(`[taskgate] back-channel logout ${describe(event)} attempt 1 failed: ${last}; retrying in the background`);
-      }
-      await sleep(delay);
+    } finally {
+      volatile.delete(rec);
     }
   }
 
-  // A signing function for one event: the key is looked up once, and each attempt is signed
-  // afresh with the event's iat and jti but its own short exp.
-  async function signer(ctx) {
+  // ---- the background loop ------------------------------------------------------------
+
+  function wakeIn(delay) {
+    if (loop.stopped || !loop.started) return;
+    const due = Date.now() + Math.max(0, delay);
+    if (loop.timer !== undefined && loop.timerAt <= due) return;
+    clearTimeout(loop.timer);
+    loop.timerAt = due;
+    loop.timer = setTimeout(() => {
+      loop.timer = undefined;
+      loop.timerAt = Infinity;
+      runTick();
+    }, Math.max(0, delay));
+    loop.timer.unref?.();
+  }
+
+  function runTick() {
+    if (loop.stopped) return;
+    if (loop.running) {
+      loop.again = true;
+      return;
+    }
+    const run = () => tick();
+    loop.running = (loop.scope ? loop.scope.runInAsyncScope(run) : run())
+      .then((more) => {
+        loop.loggedError = "";
+        return more ? 0 : loop.failures ? backoff(loop.failures) : config.outbox.pollInterval;
+      }, (error) => {
+        logOnce(`[taskgate] outbox loop: ${errorText(error)}`);
+        return config.outbox.pollInterval;
+      })
+      .then((next) => {
+        loop.running = undefined;
+        if (loop.again) {
+          loop.again = false;
+          next = 0;
+        }
+        wakeIn(next);
+      });
+  }
+
+  // One pass: give up what can no longer matter, then deliver what is due, oldest first. After a
+  // failed attempt the pass stops (taskgate is down: one probe per pass, not one per row); after
+  // a success that ends a run of failures, every row is made due at once (taskgate is back).
+  async function tick() {
+    const now = clock();
+    const free = { field: "leaseUntil", operator: "lte", value: at(now) };
+    const horizon = at(now - (config.maxTokenAge + GIVE_UP_MARGIN) * 1000);
+    const stale = await rows({
+      model, where: [{ field: "revokedAt", operator: "lt", value: horizon }, free], limit: config.outbox.batchSize,
+    });
+    for (const row of stale) {
+      if (loop.stopped) return false;
+      const rec = await claim(row);
+      if (!rec) continue;
+      const last = rec.lastError || "no attempt made";
+      log.error(`[taskgate] back-channel logout ${describe(rec)} not delivered to ${endpoint} after `
+        + `${rec.attempts - 1} attempt(s): ${last}; given up: every token it covers has expired`);
+      await remove(rec);
+      await undelivered({ ...rec, attempts: rec.attempts - 1 }, last, false);
+    }
+    const due = await rows({
+      model,
+      where: [{ field: "nextAttemptAt", operator: "lte", value: at(now) }, free],
+      sortBy: { field: "nextAttemptAt", direction: "asc" },
+      limit: config.outbox.batchSize,
+    });
+    for (const row of due) {
+      if (loop.stopped) return false;
+      const rec = await claim(row);
+      if (!rec) continue; // another instance has it
+      const result = await retryClaimed(rec);
+      if (result === "retry") {
+        if (!loop.failures) {
+          log.warn(`[taskgate] outbox: ${endpoint} failing (${rec.lastError}); pending logouts are retried`);
+        }
+        loop.failures += 1;
+        return false;
+      }
+      if (result === "delivered" && loop.failures) {
+        log.info(`[taskgate] outbox: ${endpoint} is back after ${loop.failures} failed attempt(s); `
+          + "sending every pending logout now");
+        loop.failures = 0;
+        await db().updateMany({
+          model,
+          where: [{ field: "nextAttemptAt", operator: "gt", value: at(clock()) }],
+          update: { nextAttemptAt: at(clock()) },
+        });
+        return true;
+      }
+      if (result !== "dropped") loop.failures = 0;
+    }
+    return due.length === config.outbox.batchSize || stale.length === config.outbox.batchSize;
+  }
+
+  async function retryClaimed(rec) {
+    if (!rec.confirmed && !(await deletionHappened(rec))) {
+      log.warn(`[taskgate] back-channel logout ${describe(rec)} dropped: the deletion it was written for `
+        + "did not happen (rolled back or vetoed)");
+      await remove(rec);
+      return "dropped";
+    }
+    const outcome = await attempt({ context: authContext }, rec, config.retry.timeout);
+    return settleOutcome(rec, outcome);
+  }
+
+  function startLoop() {
+    if (!durable || loop.started || loop.stopped) return;
+    loop.started = true;
+    loop.scope = AsyncResource ? new AsyncResource("taskgate-outbox") : undefined;
+    wakeIn(0); // what earlier runs (or other instances) left pending
+  }
+
+  // ---- signing and sending --------------------------------------------------------------
+
+  // Each attempt is a new logout token: its own jti, iat = now and a short exp, with
+  // revoked_before = the time of the sign-out (the cutoff taskgate applies), so an old
+  // sign-out never meets taskgate's bound on a logout token's age.
+  async function attempt(ctx, rec, timeout) {
+    let token;
+    try {
+      token = await sign(ctx, rec);
+    } catch (error) {
+      return { kind: "retry", detail: `signing failed: ${errorText(error)}` };
+    }
+    return post(token, timeout);
+  }
+
+  async function sign(ctx, rec) {
     // In jwks mode an unset iss/aud is filled in by signJWT exactly as in access tokens
     // (the jwt() plugin's jwt.issuer/jwt.audience, else Better Auth's base URL).
     const fallback = mode === "jwks" ? undefined : baseOrigin(ctx);
-    const iss = config.issuer ?? fallback;
-    const aud = config.audience ?? fallback;
-    const payload = (event) => dropUndefined({
-      iss,
-      aud,
-      iat: event.iat,
-      exp: Math.floor(Date.now() / 1000) + config.tokenLifetime,
-      jti: event.jti,
+    const revokedBefore = Math.floor(rec.revokedAt / 1000);
+    const iat = Math.max(Math.floor(clock() / 1000), revokedBefore);
+    rec.jti = crypto.randomUUID();
+    const payload = dropUndefined({
+      iss: config.issuer ?? fallback,
+      aud: config.audience ?? fallback,
+      iat,
+      exp: iat + config.tokenLifetime,
+      jti: rec.jti,
       events: { [BACKCHANNEL_LOGOUT_EVENT]: {} },
-      ...event.claims,
+      ...rec.claims,
+      revoked_before: revokedBefore,
     });
     if (mode === "jwks") {
       const options = authContext.getPlugin("jwt")?.options;
       const resolvedKey = (await resolveSigningKey(ctx, options)) ?? undefined; // null: a custom jwt.sign
-      return (event) => signJWT(ctx, { options, payload: payload(event), header: { typ: LOGOUT_TOKEN_TYPE }, resolvedKey });
+      return signJWT(ctx, { options, payload, header: { typ: LOGOUT_TOKEN_TYPE }, resolvedKey });
     }
-    const key = await hmacKey(config.secret ?? ctx.context.secret);
-    return (event) => signHS256(key, payload(event));
+    const secret = config.secret ?? ctx.context.secret;
+    if (!secret) throw new Error("HS256 signing needs Better Auth's secret (or taskgate({ secret }))");
+    return new SignJWT(payload)
+      .setProtectedHeader({ alg: "HS256", typ: LOGOUT_TOKEN_TYPE })
+      .sign(encoder.encode(secret));
   }
 
   async function post(token, timeout) {
@@ -170,21 +478,57 @@ export function taskgate(options) {
   }
 
   function backoff(attempt, retryAfter) {
-    if (!config.retry) return 0;
-    const exponential = Math.min(config.retry.maxDelay, config.retry.initialDelay * 2 ** (attempt - 1));
+    const retry = config.retry || DEFAULTS.retry;
+    const exponential = Math.min(retry.maxDelay, retry.initialDelay * 2 ** Math.min(attempt - 1, 30));
     const jittered = exponential * (0.5 + Math.random() / 2); // senders that failed together spread out
-    return Math.min(config.retry.maxDelay, Math.max(jittered, retryAfter ?? 0));
+    return Math.min(retry.maxDelay, Math.max(jittered, retryAfter ?? 0));
   }
 
-  async function undelivered(event, attempts, reason, refused) {
+  async function undelivered(rec, reason, refused) {
     if (!config.onUndelivered) return;
     try {
+      const revokedBefore = Math.floor(rec.revokedAt / 1000);
       await config.onUndelivered({
-        ...event.claims, jti: event.jti, iat: event.iat, action: event.action, attempts, reason, refused,
+        ...rec.claims, jti: rec.jti, iat: revokedBefore, revokedBefore, action: rec.action,
+        attempts: rec.attempts, reason, refused,
       });
     } catch (error) {
       log.error(`[taskgate] onUndelivered threw: ${errorText(error)}`);
     }
+  }
+
+  function logOnce(message) {
+    if (message === loop.loggedError) return;
+    loop.loggedError = message;
+    log.error(message);
+  }
+
+  // ---- observability ----------------------------------------------------------------
+
+  async function outboxStatus() {
+    const now = clock();
+    let pending = 0;
+    let oldest = null;
+    if (durable && authContext) {
+      const [first] = await rows({ model, sortBy: { field: "revokedAt", direction: "asc" }, limit: 1 });
+      if (first) {
+        oldest = time(first.revokedAt);
+        pending = Number(await db().count({ model }));
+      }
+    }
+    for (const rec of volatile) oldest = oldest === null ? rec.revokedAt : Math.min(oldest, rec.revokedAt);
+    pending += volatile.size;
+    return {
+      durable: durable && Boolean(authContext) && authContext.adapter.id !== "memory",
+      adapter: authContext?.adapter.id,
+      pending,
+      inMemory: volatile.size,
+      oldestRevokedAt: oldest,
+      oldestAgeSeconds: oldest === null ? null : Math.max(0, (now - oldest) / 1000),
+      inFlight: inflight.size,
+      failing: loop.failures > 0,
+      running: loop.started && !loop.stopped,
+    };
   }
 
   // Hooks never throw and never return false: a failed notice must not undo or block the
@@ -199,7 +543,8 @@ export function taskgate(options) {
 
   return {
     id: "taskgate",
-    version: "0.1.0",
+    version: "0.2.0",
+    ...(durable ? { schema: outboxSchema() } : {}),
     init(ctx) {
       authContext = ctx;
       log = config.logger ?? ctx.logger ?? consoleLogger;
@@ -210,19 +555,31 @@ export function taskgate(options) {
       mode = config.signing === "auto" ? (hasJwt ? "jwks" : "hs256") : config.signing;
       log.info(`[taskgate] back-channel logout to ${endpoint}, signed with `
         + (mode === "jwks" ? "the jwt() plugin's key" : "HS256 and the shared secret"));
+      for (const name of config.ignoredRetryOptions) {
+        log.warn(`[taskgate] retry.${name} is no longer used: a logout is retried from the outbox until every `
+          + "token it covers has expired (maxTokenAge)");
+      }
+      if (durable && ctx.adapter.id === "memory") {
+        log.warn("[taskgate] the memory adapter keeps the outbox in process memory: logouts still pending "
+          + "when the process stops are lost");
+      }
       const sessionsInDatabase = !ctx.options.secondaryStorage || ctx.options.session?.storeSessionInDatabase;
       if (!sessionsInDatabase) {
         log.warn("[taskgate] sessions live in secondaryStorage only: Better Auth runs no database hook when "
           + "one ends, so sign-outs and session revocations do not reach taskgate (bans and deletions do). "
           + "Set session.storeSessionInDatabase: true.");
       }
+      // Deferred: Better Auth (or a migration) may still be setting the database up.
+      setTimeout(startLoop, 0).unref?.();
       return {
         options: {
           databaseHooks: {
             session: {
               delete: {
+                before: quietly((session, hookContext) =>
+                  record(session, { sub: session.userId, sid: session.id }, hookContext?.path ?? "session deleted")),
                 after: quietly((session, hookContext) =>
-                  logout({ sub: session.userId, sid: session.id }, hookContext, "session deleted")),
+                  logout(session, { sub: session.userId, sid: session.id }, hookContext, "session deleted")),
               },
             },
             user: {
@@ -233,11 +590,12 @@ export function taskgate(options) {
                 after: quietly(async (user, hookContext) => {
                   if (user?.banned !== true || (hookContext && !banning.has(hookContext))) return;
                   if (hookContext) banning.delete(hookContext);
-                  await logout({ sub: user.id }, hookContext, "user banned");
+                  await logout(user, { sub: user.id }, hookContext, "user banned");
                 }),
               },
               delete: {
-                after: quietly((user, hookContext) => logout({ sub: user.id }, hookContext, "user deleted")),
+                before: quietly((user, hookContext) => record(user, { sub: user.id }, hookContext?.path ?? "user deleted")),
+                after: quietly((user, hookContext) => logout(user, { sub: user.id }, hookContext, "user deleted")),
               },
             },
           },
@@ -248,10 +606,52 @@ export function taskgate(options) {
       return authContext ? mode : undefined;
     },
     get pending() {
-      return inflight.size;
+      return inflight.size + volatile.size;
     },
-    async settle() {
-      while (inflight.size) await Promise.allSettled([...inflight]);
+    outboxStatus,
+    async settle(timeoutMs = Infinity) {
+      const until = Date.now() + timeoutMs;
+      for (;;) {
+        await Promise.race([Promise.allSettled([...inflight]), sleep(Math.max(0, until - Date.now()))]);
+        const { pending } = await outboxStatus();
+        if (!pending && !inflight.size) return 0;
+        if (Date.now() >= until || (loop.stopped && !inflight.size && !volatile.size)) return pending;
+        await sleep(Math.min(25, Math.max(0, until - Date.now())));
+      }
+    },
+    async close() {
+      loop.stopped = true;
+      clearTimeout(loop.timer);
+      loop.timer = undefined;
+      await loop.running;
+      await Promise.race([Promise.allSettled([...inflight]), sleep(config.timeout)]);
+      if (durable && authContext) {
+        // Hand what this instance had claimed back at once, rather than when the lease ends.
+        await db().updateMany({
+          model, where: [{ field: "leaseOwner", value: instance }], update: { leaseUntil: at(0), leaseOwner: null },
+        }).catch((error) => log.error(`[taskgate] could not release the outbox leases: ${errorText(error)}`));
+      }
+    },
+  };
+}
+
+function outboxSchema() {
+  return {
+    [OUTBOX_MODEL]: {
+      fields: {
+        sub: { type: "string", required: true },
+        sid: { type: "string", required: false },
+        action: { type: "string", required: false },
+        // When the sign-out happened: revoked_before of every logout token sent for it.
+        revokedAt: { type: "date", required: true, index: true },
+        // false: written before a deletion whose commit has not been seen yet.
+        confirmed: { type: "boolean", required: true, defaultValue: false },
+        attempts: { type: "number", required: true, defaultValue: 0 },
+        nextAttemptAt: { type: "date", required: true, index: true },
+        leaseUntil: { type: "date", required: true },
+        leaseOwner: { type: "string", required: false },
+        lastError: { type: "string", required: false },
+      },
     },
   };
 }
@@ -268,22 +668,36 @@ function resolveOptions(options) {
   if (url.search || url.hash) throw new TypeError("taskgate({ url }) is a base URL: no query or fragment");
   const signing = options.signing ?? "auto";
   if (!["auto", "jwks", "hs256"].includes(signing)) throw new TypeError(`taskgate({ signing }): ${signing}`);
-  const retry = options.retry === false ? false : { ...DEFAULTS.retry, ...dropUndefined(options.retry ?? {}) };
+  const given = dropUndefined(options.retry ?? {});
+  const ignoredRetryOptions = ["maxAttempts", "maxElapsed"].filter((name) => name in given);
+  const retry = options.retry === false ? false : { ...DEFAULTS.retry, ...given };
+  const outbox = options.outbox === false ? false : { ...DEFAULTS.outbox, ...dropUndefined(options.outbox ?? {}) };
+  const now = options.now ?? Date.now;
+  if (typeof now !== "function") throw new TypeError("taskgate({ now }) must be a function returning ms");
   const config = {
     url: url.href.replace(/\/+$/, ""),
     timeout: positive(options.timeout ?? DEFAULTS.timeout, "timeout"),
     tokenLifetime: positive(options.tokenLifetime ?? DEFAULTS.tokenLifetime, "tokenLifetime"),
+    maxTokenAge: positive(options.maxTokenAge ?? DEFAULTS.maxTokenAge, "maxTokenAge"),
     retry,
+    outbox,
     signing,
     secret: options.secret,
     issuer: options.issuer,
     audience: options.audience,
     logger: options.logger,
     onUndelivered: options.onUndelivered,
+    now,
+    ignoredRetryOptions,
   };
   if (retry) {
-    for (const name of ["maxAttempts", "initialDelay", "maxDelay", "maxElapsed", "timeout"]) {
-      positive(retry[name], `retry.${name}`);
+    for (const name of ["initialDelay", "maxDelay", "timeout"]) positive(retry[name], `retry.${name}`);
+  }
+  if (outbox) {
+    for (const name of ["pollInterval", "lease", "batchSize"]) positive(outbox[name], `outbox.${name}`);
+    const longest = Math.max(config.timeout, retry ? retry.timeout : 0);
+    if (outbox.lease <= longest + 1000) {
+      throw new TypeError(`taskgate({ outbox.lease }) must exceed the longest attempt (${longest} ms) by more than 1 s`);
     }
   }
   return config;
@@ -305,23 +719,7 @@ function baseOrigin(ctx) {
 
 const encoder = new TextEncoder();
 
-function base64url(bytes) {
-  let binary = "";
-  for (const byte of bytes) binary += String.fromCharCode(byte);
-  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-
-function hmacKey(secret) {
-  if (!secret) throw new Error("HS256 signing needs Better Auth's secret (or taskgate({ secret }))");
-  return crypto.subtle.importKey("raw", encoder.encode(secret), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
-}
-
-async function signHS256(key, payload) {
-  const header = base64url(encoder.encode(JSON.stringify({ alg: "HS256", typ: LOGOUT_TOKEN_TYPE })));
-  const body = base64url(encoder.encode(JSON.stringify(payload)));
-  const signature = await crypto.subtle.sign("HMAC", key, encoder.encode(`${header}.${body}`));
-  return `${header}.${body}.${base64url(new Uint8Array(signature))}`;
-}
+const time = (value) => (value instanceof Date ? value.getTime() : new Date(value).getTime());
 
 function dropUndefined(object) {
   return Object.fromEntries(Object.entries(object).filter(([, value]) => value !== undefined));
@@ -342,9 +740,10 @@ function retryAfterMs(header) {
   return header && Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : undefined;
 }
 
-function describe(event) {
-  const sid = event.claims.sid ? ` sid=${event.claims.sid}` : "";
-  return `(${event.action}: sub=${event.claims.sub}${sid} jti=${event.jti})`;
+function describe(rec) {
+  const sid = rec.claims.sid ? ` sid=${rec.claims.sid}` : "";
+  const id = rec.id !== undefined ? ` outbox=${rec.id}` : "";
+  return `(${rec.action}: sub=${rec.claims.sub}${sid}${id})`;
 }
 
 function errorText(error) {

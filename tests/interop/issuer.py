@@ -1,7 +1,7 @@
 """Driver for the test-only Better Auth issuer in ``tests/interop/issuer/``.
 
-Starts a REAL Better Auth server (Node, in-memory database) on a loopback
-port and talks to it over HTTP, so tests can obtain genuine Better Auth JWTs
+Starts a REAL Better Auth server (Node, in-memory database, or a SQLite file
+that outlives the process) on a loopback port and talks to it over HTTP, so tests can obtain genuine Better Auth JWTs
 and the genuine JWKS.  Standard library only: this module is imported by the
 project's pytest suite.
 
@@ -31,6 +31,7 @@ import os
 import queue
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +59,16 @@ PLUGIN_DIR = Path(__file__).resolve().parents[2] / "integrations" / "better-auth
 PLUGIN_FILES = ("package.json", "index.js", "index.d.ts")
 
 ALGORITHMS = ("EdDSA", "ES256", "ES512", "PS256", "RS256")
+# BetterAuthIssuer(taskgate_options=...) -> the server's environment variable
+TASKGATE_OPTIONS = {
+    "timeout_ms": "TASKGATE_TIMEOUT_MS",
+    "retry_initial_ms": "TASKGATE_RETRY_INITIAL_MS",
+    "retry_max_ms": "TASKGATE_RETRY_MAX_MS",
+    "retry_timeout_ms": "TASKGATE_RETRY_TIMEOUT_MS",
+    "poll_ms": "TASKGATE_POLL_MS",
+    "lease_ms": "TASKGATE_LEASE_MS",
+    "max_token_age": "TASKGATE_MAX_TOKEN_AGE",
+}
 MIN_NODE_MAJOR = 20
 DEFAULT_PASSWORD = "correct-horse-battery"
 HTTP_TIMEOUT = 10.0
@@ -223,6 +234,9 @@ class BetterAuthIssuer:
         jwt_plugin: bool = True,
         taskgate_url: str | None = None,
         taskgate_options: dict[str, int] | None = None,
+        database: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        base_url: str | None = None,
         startup_timeout: float = 30.0,
         http_timeout: float = HTTP_TIMEOUT,
         install: bool = True,
@@ -230,16 +244,24 @@ class BetterAuthIssuer:
         """``jwt_plugin=False``: a shared-secret deployment (HS256 tokens from ``hs256_token``).
         ``taskgate_url``: add the repo's @taskgate/better-auth plugin, sending there;
         ``taskgate_options`` its ``timeout_ms``, ``retry_initial_ms``, ``retry_max_ms``,
-        ``retry_attempts``."""
+        ``retry_timeout_ms``, ``poll_ms``, ``lease_ms``, ``max_token_age`` (seconds).
+        ``database``: a SQLite file (migrated at start) instead of memory, so that what one
+        process leaves (sessions, signing keys, the plugin's outbox) is there for the next.
+        ``port``: listen there (a restarted issuer keeps its URL, which taskgate trusts) instead of
+        a free port. ``base_url``: BETTER_AUTH_URL, when several processes are one deployment."""
         if alg not in ALGORITHMS:
             raise ValueError(f"alg must be one of {ALGORITHMS}, not {alg!r}")
         self.alg = alg
         self.jwt_plugin = jwt_plugin
         self.taskgate_url = taskgate_url
         self.taskgate_options = dict(taskgate_options or {})
-        unknown = set(self.taskgate_options) - {"timeout_ms", "retry_initial_ms", "retry_max_ms", "retry_attempts"}
+        unknown = set(self.taskgate_options) - set(TASKGATE_OPTIONS)
         if unknown:
             raise ValueError(f"unknown taskgate_options {sorted(unknown)}")
+        self.database = os.fspath(database) if database is not None else None
+        self.fixed_port = port
+        self.base_url = base_url
+        self.earlier_logs = ""  # what the processes this one replaced (restart) logged
         self.define_payload = define_payload
         self.trusted_origins = tuple(o.rstrip("/") for o in trusted_origins)
         self.secret = secret or secrets.token_urlsafe(48)
@@ -297,12 +319,14 @@ class BetterAuthIssuer:
         last_error: IssuerError | None = None
         for _ in range(3):  # retry only if a port race made listen() fail
             try:
-                self._spawn(_free_port())
+                self._spawn(self.fixed_port or _free_port())
                 return self
             except BaseException as exc:
                 self.stop()  # own process + its log file; nothing else
                 if not isinstance(exc, IssuerError) or "EADDRINUSE" not in str(exc):
                     raise
+                if self.fixed_port:
+                    time.sleep(0.5)  # the port is ours: wait for the old process to let it go
                 last_error = exc
         assert last_error is not None
         raise last_error
@@ -314,14 +338,15 @@ class BetterAuthIssuer:
         env.update(
             {
                 "PORT": str(port),
-                "BETTER_AUTH_URL": f"http://127.0.0.1:{port}",
+                "BETTER_AUTH_URL": self.base_url or f"http://127.0.0.1:{port}",
                 "BETTER_AUTH_SECRET": self.secret,
                 "JWT_ALG": self.alg,
                 "DEFINE_PAYLOAD": "1" if self.define_payload else "0",
                 "TRUSTED_ORIGINS": ",".join(self.trusted_origins),
                 "JWT_PLUGIN": "1" if self.jwt_plugin else "0",
                 "TASKGATE_URL": self.taskgate_url or "",
-                **{f"TASKGATE_{name.upper()}": str(value) for name, value in self.taskgate_options.items()},
+                **{TASKGATE_OPTIONS[name]: str(value) for name, value in self.taskgate_options.items()},
+                "ISSUER_DATABASE": self.database or "",
                 "NODE_ENV": "development",
                 "BETTER_AUTH_TELEMETRY": "0",
                 "EXIT_ON_STDIN_EOF": "1",  # dies with us if we die
@@ -411,6 +436,25 @@ class BetterAuthIssuer:
                 except OSError:
                     pass
             self._stderr_file = None
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to this issuer's own process (nothing runs its shutdown code)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait(timeout=10)
+        self.earlier_logs += self.stderr_text()
+        self.stop()
+
+    def restart(self, crash: bool = True) -> BetterAuthIssuer:
+        """Stop (``crash``: SIGKILL, else SIGTERM) and start again, on the same port."""
+        if self.port is not None and self.fixed_port is None:
+            self.fixed_port = self.port
+        if crash:
+            self.kill()
+        else:
+            self.earlier_logs += self.stderr_text()
+            self.stop()
+        return self.start()
 
     def _cleanup_process(self) -> None:
         proc, self._proc = self._proc, None
@@ -545,11 +589,12 @@ class BetterAuthIssuer:
         return self._expect(resp, f"admin/{action}")
 
     def taskgate_state(self) -> dict[str, Any]:
-        """The taskgate plugin's ``{signingMode, pending}``."""
+        """The taskgate plugin's ``signingMode`` and ``outboxStatus()``: ``pending`` (logouts not
+        delivered yet), ``oldestAgeSeconds``, ``durable``, ``adapter``, ``inFlight``, ``failing``."""
         return self._expect(self._request("GET", "/test/taskgate"), "taskgate state")
 
     def settle_taskgate(self, timeout: float = 10.0) -> int:
-        """Wait until the plugin's deliveries (retries included) have ended; returns how many are left."""
+        """Wait until nothing is pending (the outbox is empty); returns how many are left."""
         timeout = min(timeout, self.http_timeout - 1)  # the answer must come within the HTTP timeout
         resp = self._request("POST", "/test/taskgate/settle", {"timeoutMs": int(timeout * 1000)})
         return self._expect(resp, "taskgate settle")["pending"]

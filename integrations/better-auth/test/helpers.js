@@ -24,25 +24,33 @@ export function captureLogger() {
   };
 }
 
-/** Better Auth with the admin plugin, the jwt() plugin unless `jwtPlugin: false`, and taskgate. */
-export function makeAuth({ receiver, jwtPlugin = true, taskgateOptions = {}, url } = {}) {
+/** An empty in-memory database with every model the test set-up touches (the outbox too). */
+export const emptyDatabase = () => ({ user: [], session: [], account: [], verification: [], jwks: [], taskgateOutbox: [] });
+
+/**
+ * Better Auth with the admin plugin, the jwt() plugin unless `jwtPlugin: false`, and taskgate.
+ * `db`: the memory adapter's database, to run a second instance (or a restarted one) on the same data.
+ */
+export function makeAuth({ receiver, jwtPlugin = true, taskgateOptions = {}, url, db = emptyDatabase(),
+  databaseHooks, wrapAdapter = (adapter) => adapter } = {}) {
   const logger = captureLogger();
   const plugin = taskgate({
     url: url ?? receiver.url,
     logger,
-    retry: { initialDelay: 20, maxDelay: 100, maxAttempts: 5 },
+    retry: { initialDelay: 20, maxDelay: 100 },
+    outbox: { pollInterval: 200 },
     ...taskgateOptions,
   });
-  const db = { user: [], session: [], account: [], verification: [], jwks: [] };
   const auth = betterAuth({
     baseURL: BASE_URL,
     secret: SECRET,
-    database: memoryAdapter(db),
+    database: (options) => wrapAdapter(memoryAdapter(db)(options)),
     emailAndPassword: { enabled: true, requireEmailVerification: false },
     user: { deleteUser: { enabled: true } },
     rateLimit: { enabled: false },
     telemetry: { enabled: false },
     logger: { disabled: true },
+    ...(databaseHooks ? { databaseHooks } : {}),
     plugins: [...(jwtPlugin ? [jwt()] : []), admin(), plugin],
   });
   if (receiver) receiver.trust(auth, jwtPlugin);

@@ -14,6 +14,7 @@ async function setup(t, options = {}) {
   const harness = makeAuth({ receiver, ...options });
   t.after(async () => {
     await harness.plugin.settle();
+    await harness.plugin.close();
     await receiver.close();
   });
   return { receiver, ...harness };
@@ -35,9 +36,12 @@ function assertLogoutToken(record, { alg = "EdDSA" } = {}) {
   assert.equal(typeof claims.jti, "string");
   assert.ok(claims.jti.length >= 16);
   assert.equal(typeof claims.iat, "number");
-  assert.ok(claims.iat <= record.receivedAt && record.receivedAt - claims.iat < 60, "iat is the event's time");
+  assert.ok(claims.iat <= record.receivedAt && record.receivedAt - claims.iat < 60, "iat is when it was sent");
   // Each attempt is signed afresh: its exp is two minutes after it was sent.
   assert.ok(claims.exp > record.receivedAt && claims.exp <= record.receivedAt + 120, "exp is short");
+  // The time of the sign-out: the cutoff taskgate applies, whenever the token is sent.
+  assert.equal(Number.isInteger(claims.revoked_before), true);
+  assert.ok(claims.revoked_before <= claims.iat, "revoked_before is no later than iat");
   assert.equal("nonce" in claims, false);
   assert.equal(typeof claims.sub, "string");
 }
@@ -256,20 +260,24 @@ test("the server-side API (auth.api.signOut) goes through the same hooks", async
   assert.deepEqual(shapes(receiver.tokens), [{ sub: alice.user.id, sid: alice.session.id }]);
 });
 
-test("503 twice: the call returns after the first attempt, retries deliver the same logout", async (t) => {
-  const { auth, receiver, plugin, logger } = await setup(t);
+test("503 twice: the call returns after the first attempt, the outbox retries with the sign-out's cutoff", async (t) => {
+  const { auth, receiver, plugin, logger, db } = await setup(t);
   const alice = await signUp(auth, newEmail());
   receiver.answer(503, 503);
 
   await alice.browser.post("/sign-out");
   assert.equal(receiver.tokens.length, 1, "one attempt awaited");
-  assert.equal(plugin.pending, 1, "retries in the background");
+  const status = await plugin.outboxStatus();
+  assert.equal(status.pending, 1, "kept in the outbox, retried in the background");
+  assert.equal(db.taskgateOutbox.length, 1);
+  assert.equal(db.taskgateOutbox[0].sid, alice.session.id);
 
   await plugin.settle();
   assert.equal(receiver.tokens.length, 3);
   receiver.tokens.forEach((r) => assertLogoutToken(r));
-  assert.equal(new Set(receiver.tokens.map((r) => r.claims.jti)).size, 1, "one jti: a replay, not a new logout");
-  assert.equal(new Set(receiver.tokens.map((r) => r.claims.iat)).size, 1, "the event's iat, never a later one");
+  assert.equal(new Set(receiver.tokens.map((r) => r.claims.jti)).size, 3, "each attempt is a new logout token");
+  assert.equal(new Set(receiver.tokens.map((r) => r.claims.revoked_before)).size, 1, "one cutoff: the sign-out's");
+  assert.equal(db.taskgateOutbox.length, 0, "delivered: gone from the outbox");
   assert.match(logger.lines.warn.join("\n"), /attempt 1 failed: HTTP 503/);
   assert.match(logger.lines.info.join("\n"), /delivered on attempt 3/);
   assert.equal(logger.lines.error.length, 0);
@@ -288,6 +296,7 @@ test("taskgate down: sign-out is not held up, and the logout arrives once taskga
   });
   t.after(async () => {
     await plugin.settle();
+    await plugin.close();
     await receiver.close();
   });
   const alice = await signUp(auth, newEmail());
@@ -322,44 +331,31 @@ test("a 400 is final: logged with taskgate's error_description, not retried", as
   assert.equal(receiver.tokens.length, 1);
   assert.match(logger.lines.error.join("\n"), /refused .*HTTP 400 invalid_request: scripted 400; not retried/);
   assert.equal(undelivered.length, 1);
-  assert.deepEqual({ ...undelivered[0], jti: undefined, iat: undefined }, {
-    sub: alice.user.id, sid: alice.session.id, jti: undefined, iat: undefined, action: "/sign-out",
+  const { jti, iat, revokedBefore, ...rest } = undelivered[0];
+  assert.equal(jti, receiver.tokens[0].claims.jti);
+  assert.equal(revokedBefore, receiver.tokens[0].claims.revoked_before);
+  assert.equal(iat, revokedBefore, "iat: kept for 0.1 callers, the sign-out's time");
+  assert.deepEqual(rest, {
+    sub: alice.user.id, sid: alice.session.id, action: "/sign-out",
     attempts: 1, reason: "HTTP 400 invalid_request: scripted 400", refused: true,
   });
+  assert.equal((await plugin.outboxStatus()).pending, 0, "a refused logout leaves the outbox");
 });
 
-test("retries are bounded: after maxAttempts the logout is logged as undelivered", async (t) => {
-  const undelivered = [];
+test("0.1's retry.maxAttempts and retry.maxElapsed are ignored, with a warning", async (t) => {
   const { auth, receiver, plugin, logger } = await setup(t, {
-    taskgateOptions: {
-      retry: { initialDelay: 10, maxDelay: 20, maxAttempts: 3 },
-      onUndelivered: (u) => undelivered.push(u),
-    },
+    taskgateOptions: { retry: { initialDelay: 10, maxDelay: 20, maxAttempts: 1, maxElapsed: 1 } },
   });
+  await auth.$context;
+  assert.match(logger.lines.warn.join("\n"), /retry\.maxAttempts is no longer used/);
+  assert.match(logger.lines.warn.join("\n"), /retry\.maxElapsed is no longer used/);
   const alice = await signUp(auth, newEmail());
-  receiver.answer(503, 503, 503, 503);
+  receiver.answer(503, 503, 503);
 
   await alice.browser.post("/sign-out");
   await plugin.settle();
 
-  assert.equal(receiver.tokens.length, 3);
-  assert.match(logger.lines.error.join("\n"), /not delivered to .* after 3 attempt\(s\).*HTTP 503/);
-  assert.equal(undelivered.length, 1);
-  assert.equal(undelivered[0].refused, false);
-  assert.equal(undelivered[0].attempts, 3);
-});
-
-test("retries are bounded in time too (maxElapsed)", async (t) => {
-  const { auth, receiver, plugin } = await setup(t, {
-    taskgateOptions: { retry: { initialDelay: 100, maxDelay: 100, maxAttempts: 100, maxElapsed: 250 } },
-  });
-  const alice = await signUp(auth, newEmail());
-  receiver.answer(...Array(100).fill(503));
-
-  await alice.browser.post("/sign-out");
-  await plugin.settle();
-
-  assert.ok(receiver.tokens.length >= 2 && receiver.tokens.length <= 6, `${receiver.tokens.length} attempts`);
+  assert.equal(receiver.tokens.length, 4, "retried past maxAttempts: 1 until delivered");
 });
 
 test("a hanging taskgate holds a call for the timeout once, however many sessions it ends", async (t) => {
@@ -391,7 +387,8 @@ test("a hanging first attempt holds the call for the timeout only; the retry get
 
   assert.equal(receiver.tokens.length, 2);
   assert.match(logger.lines.warn.join("\n"), /no answer within 200 ms/);
-  assert.equal(receiver.tokens[0].claims.jti, receiver.tokens[1].claims.jti);
+  assert.notEqual(receiver.tokens[0].claims.jti, receiver.tokens[1].claims.jti, "a new token for the retry");
+  assert.equal(receiver.tokens[0].claims.revoked_before, receiver.tokens[1].claims.revoked_before);
 });
 
 test("retry: false makes the awaited attempt the only one", async (t) => {
@@ -425,6 +422,7 @@ test("issuer and audience follow the jwt() plugin, or the options", async (t) =>
   });
   t.after(async () => {
     await plugin.settle();
+    await plugin.close();
     await receiver.close();
   });
   const alice = await signUp(auth, newEmail());
@@ -439,7 +437,11 @@ test("options are checked when the plugin is made", () => {
   assert.throws(() => taskgate({ url: "ftp://127.0.0.1" }), /http\(s\)/);
   assert.throws(() => taskgate({ url: "http://127.0.0.1?x=1" }), /no query/);
   assert.throws(() => taskgate({ url: "http://127.0.0.1", timeout: 0 }), /timeout/);
-  assert.throws(() => taskgate({ url: "http://127.0.0.1", retry: { maxAttempts: -1 } }), /retry.maxAttempts/);
+  assert.throws(() => taskgate({ url: "http://127.0.0.1", retry: { maxDelay: -1 } }), /retry.maxDelay/);
+  assert.throws(() => taskgate({ url: "http://127.0.0.1", maxTokenAge: 0 }), /maxTokenAge/);
+  assert.throws(() => taskgate({ url: "http://127.0.0.1", outbox: { pollInterval: 0 } }), /outbox.pollInterval/);
+  assert.throws(() => taskgate({ url: "http://127.0.0.1", outbox: { lease: 5000 } }), /outbox.lease/);
+  assert.throws(() => taskgate({ url: "http://127.0.0.1", now: 5 }), /now/);
   assert.throws(() => taskgate({ url: "http://127.0.0.1", signing: "rsa" }), /signing/);
   assert.doesNotThrow(() => taskgate({ url: "http://10.0.0.7:8000/" }), "private addresses are fine");
   assert.doesNotThrow(() => taskgate({ url: "http://127.0.0.1", timeout: undefined, retry: { maxDelay: undefined } }),
@@ -457,6 +459,7 @@ test("the url is a base: a path prefix is kept, a trailing slash dropped", async
   const { auth, plugin } = makeAuth({ receiver, url: `${receiver.url}/taskgate/` });
   t.after(async () => {
     await plugin.settle();
+    await plugin.close();
     await receiver.close();
   });
   const alice = await signUp(auth, newEmail());

@@ -1,8 +1,8 @@
 // Test-only Better Auth issuer for the Python interop tests.
 //
-// Runs a REAL Better Auth server (in-memory database) on 127.0.0.1:$PORT so
-// that tests can obtain genuine Better Auth JWTs and verify them against the
-// genuine /api/auth/jwks endpoint. Driven by tests/interop/issuer.py.
+// Runs a REAL Better Auth server (in-memory database, or a SQLite file) on
+// 127.0.0.1:$PORT so that tests can obtain genuine Better Auth JWTs and verify them
+// against the genuine /api/auth/jwks endpoint. Driven by tests/interop/issuer.py.
 //
 // Configuration (environment only):
 //   PORT                 port to listen on (127.0.0.1 only), required
@@ -15,7 +15,11 @@
 //   TASKGATE_URL         add the @taskgate/better-auth plugin (installed from the repo's
 //                        integrations/better-auth), sending logout tokens to this taskgate
 //   TASKGATE_TIMEOUT_MS, TASKGATE_RETRY_INITIAL_MS, TASKGATE_RETRY_MAX_MS,
-//   TASKGATE_RETRY_ATTEMPTS   its options (defaults: the plugin's own)
+//   TASKGATE_RETRY_TIMEOUT_MS, TASKGATE_POLL_MS,
+//   TASKGATE_LEASE_MS, TASKGATE_MAX_TOKEN_AGE   its options (defaults: the plugin's own)
+//   ISSUER_DATABASE      a SQLite file (better-sqlite3, through Better Auth's Kysely adapter),
+//                        migrated at start: what the process leaves there (sessions, keys,
+//                        the taskgate outbox) is there for the next one. Unset: in memory.
 //
 // Harness-only endpoints (outside /api/auth):
 //   GET  /test/health        200 {"ok":true} once ready
@@ -23,8 +27,9 @@
 //   POST /test/rotate-keys   publish a new signing key, keep the old one listed
 //   GET  /test/hs256-token   a Next.js-style route: session -> HS256 token (shared secret);
 //                            ?claims=issuer adds iss and aud (= BETTER_AUTH_URL)
-//   GET  /test/taskgate      the taskgate plugin's state: {signingMode, pending}
-//   POST /test/taskgate/settle  wait (at most {"timeoutMs"}) until its deliveries have ended
+//   GET  /test/taskgate      the taskgate plugin's state: {signingMode, pending, oldestAgeSeconds,
+//                            durable, adapter, inFlight, failing, ...} (its outboxStatus())
+//   POST /test/taskgate/settle  wait (at most {"timeoutMs"}) until nothing is pending; {pending}
 //
 // Logs go to stderr; exactly one line "READY <port>" goes to stdout.
 
@@ -32,6 +37,7 @@ import http from "node:http";
 import { randomUUID } from "node:crypto";
 import { betterAuth } from "better-auth";
 import { memoryAdapter } from "better-auth/adapters/memory";
+import { getMigrations } from "better-auth/db/migration";
 import { toNodeHandler } from "better-auth/node";
 import { admin, jwt } from "better-auth/plugins";
 import { createJwk } from "better-auth/plugins/jwt";
@@ -100,8 +106,10 @@ const taskgatePlugin = TASKGATE_URL
       retry: {
         initialDelay: numberFromEnv("TASKGATE_RETRY_INITIAL_MS"),
         maxDelay: numberFromEnv("TASKGATE_RETRY_MAX_MS"),
-        maxAttempts: numberFromEnv("TASKGATE_RETRY_ATTEMPTS"),
+        timeout: numberFromEnv("TASKGATE_RETRY_TIMEOUT_MS"),
       },
+      outbox: { pollInterval: numberFromEnv("TASKGATE_POLL_MS"), lease: numberFromEnv("TASKGATE_LEASE_MS") },
+      maxTokenAge: numberFromEnv("TASKGATE_MAX_TOKEN_AGE"),
       logger: {
         info: (message) => log(`taskgate info: ${message}`),
         warn: (message) => log(`taskgate warn: ${message}`),
@@ -110,13 +118,21 @@ const taskgatePlugin = TASKGATE_URL
     })
   : null;
 
-// In-memory database; every model the configured plugins touch must exist.
-const db = { user: [], session: [], account: [], verification: [], jwks: [] };
+// In-memory database (every model the configured plugins touch must exist), or a SQLite file.
+const DATABASE_FILE = process.env.ISSUER_DATABASE || "";
+let database;
+if (DATABASE_FILE) {
+  const { default: Database } = await import("better-sqlite3");
+  database = new Database(DATABASE_FILE, { timeout: 5000 });
+  database.pragma("journal_mode = WAL"); // several processes on one file (multi-instance tests)
+} else {
+  database = memoryAdapter({ user: [], session: [], account: [], verification: [], jwks: [], taskgateOutbox: [] });
+}
 
-const auth = betterAuth({
+const options = {
   baseURL: BASE_URL,
   secret: SECRET,
-  database: memoryAdapter(db),
+  database,
   trustedOrigins: TRUSTED_ORIGINS,
   emailAndPassword: { enabled: true, requireEmailVerification: false },
   rateLimit: { enabled: false },
@@ -129,7 +145,16 @@ const auth = betterAuth({
     log: (level, message, ...args) => log(`${level}:`, message, ...args),
   },
   plugins: [...(JWT_PLUGIN ? [jwt(jwtOptions)] : []), admin(), ...(taskgatePlugin ? [taskgatePlugin] : [])],
-});
+};
+
+if (DATABASE_FILE) {
+  // What `npx auth migrate` does: create or complete the tables (the plugin's outbox too).
+  const { toBeCreated, runMigrations } = await getMigrations(options);
+  await runMigrations();
+  log(`migrated ${DATABASE_FILE}; tables created: ${toBeCreated.map((t) => t.table).join(", ") || "none"}`);
+}
+
+const auth = betterAuth(options);
 
 const authHandler = toNodeHandler(auth);
 
@@ -232,13 +257,12 @@ async function handleTest(req, res, pathname) {
   }
   if (pathname === "/test/taskgate" && req.method === "GET") {
     if (!taskgatePlugin) return sendJson(res, 404, { error: "TASKGATE_URL not set" });
-    return sendJson(res, 200, { signingMode: taskgatePlugin.signingMode, pending: taskgatePlugin.pending });
+    return sendJson(res, 200, { signingMode: taskgatePlugin.signingMode, ...(await taskgatePlugin.outboxStatus()) });
   }
   if (pathname === "/test/taskgate/settle" && req.method === "POST") {
     if (!taskgatePlugin) return sendJson(res, 404, { error: "TASKGATE_URL not set" });
     const { timeoutMs = 10_000 } = await readJson(req);
-    await Promise.race([taskgatePlugin.settle(), sleep(timeoutMs)]);
-    return sendJson(res, 200, { pending: taskgatePlugin.pending });
+    return sendJson(res, 200, { pending: await taskgatePlugin.settle(timeoutMs) });
   }
   return sendJson(res, 404, { error: "not found" });
 }
@@ -277,16 +301,20 @@ const server = http.createServer(async (req, res) => {
 await auth.$context;
 
 server.listen(PORT, "127.0.0.1", () => {
-  log(`Better Auth issuer listening on ${BASE_URL} (alg=${JWT_ALG}, definePayload=${DEFINE_PAYLOAD}, trustedOrigins=${JSON.stringify(TRUSTED_ORIGINS)})`);
+  log(`Better Auth issuer listening on ${BASE_URL} (alg=${JWT_ALG}, definePayload=${DEFINE_PAYLOAD}, `
+    + `trustedOrigins=${JSON.stringify(TRUSTED_ORIGINS)}, database=${DATABASE_FILE || "memory"})`);
   process.stdout.write(`READY ${PORT}\n`);
 });
 
 for (const sig of ["SIGTERM", "SIGINT"]) {
   process.on(sig, () => {
     log(`${sig} received, shutting down`);
-    server.close(() => process.exit(0));
-    setTimeout(() => process.exit(0), 2000).unref();
+    setTimeout(() => process.exit(0), 4000).unref();
     server.closeAllConnections?.();
+    // The plugin hands its claims on the outbox back, for the other instances to take at once.
+    Promise.resolve(taskgatePlugin?.close())
+      .catch((error) => log(`taskgate close: ${error}`))
+      .finally(() => server.close(() => process.exit(0)));
   });
 }
 // Exit when the parent closes our stdin (e.g. the Python driver died).

@@ -2,7 +2,7 @@
 // better-auth's own types, and misuse of the options is a type error.
 import { betterAuth } from "better-auth";
 import { admin, jwt } from "better-auth/plugins";
-import { taskgate, type TaskgatePlugin, type UndeliveredLogout } from "@taskgate/better-auth";
+import { taskgate, type TaskgateOutboxStatus, type TaskgatePlugin, type UndeliveredLogout } from "@taskgate/better-auth";
 
 const plugin: TaskgatePlugin = taskgate({ url: "http://127.0.0.1:8000" });
 
@@ -17,12 +17,15 @@ export const sharedSecret = betterAuth({
     taskgate({
       url: "http://taskgate.internal:8000",
       timeout: 1500,
-      retry: { maxAttempts: 8, maxElapsed: 120_000 },
+      retry: { initialDelay: 1000, maxDelay: 60_000 },
+      outbox: { pollInterval: 10_000, lease: 120_000 },
+      maxTokenAge: 3600,
       logger: console,
       onUndelivered: (logout: UndeliveredLogout) => {
         const id: string = logout.sub;
         const sid: string | undefined = logout.sid;
-        void id, sid;
+        const cutoff: number = logout.revokedBefore;
+        void id, sid, cutoff;
       },
     }),
   ],
@@ -30,10 +33,16 @@ export const sharedSecret = betterAuth({
 
 export const disabledRetries = taskgate({ url: "https://taskgate.example.com", retry: false, signing: "hs256" });
 
+export const volatileOutbox = taskgate({ url: "https://taskgate.example.com", outbox: false });
+
 export async function shutdown(): Promise<void> {
   const left: number = plugin.pending;
-  void left;
-  await plugin.settle();
+  const status: TaskgateOutboxStatus = await plugin.outboxStatus();
+  const oldest: number | null = status.oldestAgeSeconds;
+  void left, oldest;
+  const stillPending: number = await plugin.settle(5000);
+  void stillPending;
+  await plugin.close();
 }
 
 // @ts-expect-error url is required
@@ -42,3 +51,5 @@ taskgate({});
 taskgate({ url: "http://127.0.0.1", signing: "rsa" });
 // @ts-expect-error timeout is in milliseconds, a number
 taskgate({ url: "http://127.0.0.1", timeout: "2s" });
+// @ts-expect-error the clock returns ms
+taskgate({ url: "http://127.0.0.1", now: () => new Date() });
