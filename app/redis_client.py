@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -71,6 +72,9 @@ class RedisClient:
         self.in_process = target is None  # fakeredis: one process, never evicts, no INFO
         self._cluster: RedisCluster | None = None
         self._cluster_lock = threading.Lock()
+        # Connections _command keeps between commands: at most one per thread that ran one at once.
+        self._idle: list[Any] = []
+        self._idle_pid = os.getpid()
         common: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": timeout,
@@ -123,24 +127,47 @@ class RedisClient:
             return self._evalsha(call, node)
 
     def _command(self, *args: Any) -> Any:
-        """One command on a pooled connection through redis-py's public connection API
-        (`get_connection`, `send_command`, `read_response`, `release`): the command's cost
-        without the client's machinery around it (bench/RESULTS.md). As the client's own one
-        immediate retry: a connection that broke or timed out is closed (no late reply can
-        answer a later command) and the command is sent once more on a fresh one."""
-        pool = self._client.connection_pool
+        """One command through redis-py's public connection API (`get_connection`,
+        `send_command`, `read_response`), on a connection kept out of the pool between
+        commands: the command's cost without the pool's per-call bookkeeping (bench/RESULTS.md).
+        As the client's one immediate retry: a connection that broke or timed out is closed and
+        given back with every other kept one (no late reply can answer a later command), and the
+        command goes once more on a fresh one from the pool."""
         for attempt in (1, 2):
-            connection = pool.get_connection()
+            connection = self._borrow()
             try:
                 connection.send_command(*args)
-                return connection.read_response()
+                reply = connection.read_response()
+            except ResponseError:
+                self._idle.append(connection)  # Redis answered (NOSCRIPT, a script error): in step
+                raise
             except (RedisConnectionError, RedisTimeoutError):
-                connection.disconnect()
+                # A restart or a failover broke every kept connection, not just this one.
+                kept, self._idle = self._idle, []
+                for broken in (connection, *kept):
+                    self._give_back(broken)
                 if attempt == 2:
                     raise
-            finally:
-                pool.release(connection)
+            except BaseException:
+                self._give_back(connection)  # interrupted mid-exchange: its state is unknown
+                raise
+            else:
+                self._idle.append(connection)
+                return reply
         raise AssertionError("unreachable")
+
+    def _borrow(self) -> Any:
+        """An idle kept connection, or a new one from the pool (none kept across a fork)."""
+        if self._idle_pid != os.getpid():
+            self._idle_pid, self._idle = os.getpid(), []
+        try:
+            return self._idle.pop()  # atomic: two threads never get the same connection
+        except IndexError:
+            return self._client.connection_pool.get_connection()
+
+    def _give_back(self, connection: Any) -> None:
+        connection.disconnect()
+        self._client.connection_pool.release(connection)
 
     def run_together(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Several scripts in one exchange: on Cluster, one pipelined write to every shard

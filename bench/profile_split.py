@@ -16,12 +16,13 @@ from pathlib import Path
 # (part, what a frame's location contains), innermost match wins; checked in this order.
 PARTS = (
     ("query (SQLAlchemy + psycopg)", ("app/db.py", "app/tasks.py")),
-    ("store round trip (Redis)", ("app/revocation",)),
-    ("authentication", ("app/security", "app/auth.py", "app/rate_limits")),
-    ("taskgate hooks (request id, access log, metrics, headers)", ("app/observability", "app/logs.py")),
+    ("store round trip (Redis)", ("app/revocation", "app/redis_client.py")),
+    ("authentication", ("app/security", "app/gate.py", "app/rate_limits")),
+    ("taskgate hooks (request id, access log, metrics, headers, CORS)",
+     ("app/observability", "app/logs.py", "app/metrics.py", "app/cors.py")),
     ("serialisation (orjson)", ("orjson",)),
     ("route: validation, view", ("app/api.py", "blueprints/", "app/schemas", "pydantic")),
-    ("Flask, Werkzeug, flask-cors", ("flask/", "werkzeug/", "flask_cors")),
+    ("Flask, Werkzeug", ("flask/", "werkzeug/")),
 )
 SERVER = "server (accept, parse, write) and its threads"
 

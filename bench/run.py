@@ -44,7 +44,9 @@ PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0
 REDIS_BASE = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 MIXED = "list=70,create=10,toggle=10,me=10"
-MIXES = {"mixed": MIXED, "healthz": "healthz=100", "me": "me=100", "me-eddsa": "me=100", "list": "list=100"}
+MIXES = {"mixed": MIXED, "healthz": "healthz=100", "me": "me=100", "me-eddsa": "me=100", "me-oauth": "me=100",
+         "list": "list=100"}
+OAUTH_RESOURCE = "http://127.0.0.1:8000"  # the resource URL the OAuth tokens name in `aud` (OAUTH_RESOURCE_URL)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -416,17 +418,28 @@ class Issuer:
         self.server.server_close()
 
 
-def mint_tokens(secret: str, user_ids: list[str], ttl: int, issuer: Issuer) -> tuple[list[str], list[str]]:
+def oauth_claims(uid: str, issuer: str, ttl: int) -> dict:
+    """What Better Auth's OAuth provider signs for a client that named this API as its resource
+    (RFC 9068), as a trial of 1.7.25 and 1.7.29 found it."""
+    now = int(time.time())
+    return {"sub": uid, "iss": f"{issuer}/api/auth", "aud": [OAUTH_RESOURCE, f"{issuer}/api/auth/oauth2/userinfo"],
+            "client_id": "bench-agent", "azp": "bench-agent", "scope": "openid tasks:read tasks:write offline_access",
+            "sid": f"session-{uid}", "jti": secrets.token_hex(16), "iat": now, "exp": now + ttl}
+
+
+def mint_tokens(secret: str, user_ids: list[str], ttl: int, issuer: Issuer) -> tuple[list[str], list[str], list[str]]:
     """Per user, the same Better Auth–shaped claims signed twice: HS256 with the shared secret,
-    and EdDSA with the issuer's key."""
+    and EdDSA with the issuer's key; and an OAuth access token of the same user (EdDSA)."""
     import jwt
 
-    hs256, eddsa = [], []
+    hs256, eddsa, oauth = [], [], []
     for uid in user_ids:
         claims = better_auth_claims(uid, issuer.url, ttl)
         hs256.append(jwt.encode(claims, secret, algorithm="HS256"))
         eddsa.append(issuer.sign(claims))
-    return hs256, eddsa
+        oauth.append(jwt.encode(oauth_claims(uid, issuer.url, ttl), issuer.key, algorithm="EdDSA",
+                                headers={"kid": "bench-ed25519", "typ": "at+jwt"}))
+    return hs256, eddsa, oauth
 
 
 def task_rows(users: int, per_user: int, seed: int = 7):
@@ -504,6 +517,7 @@ class Backend:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"taskgate-bench-{kind}-"))
         self.tokens_file = self.tmp / "tokens.tsv"
         self.eddsa_tokens_file = self.tmp / "tokens-eddsa.tsv"
+        self.oauth_tokens_file = self.tmp / "tokens-oauth.tsv"
         self.issuer = Issuer()
         if kind == "postgresql":
             self.db_name = f"taskgate_bench_{stamp}"
@@ -534,6 +548,7 @@ class Backend:
             # HS256 and Better Auth's JWKS keys together: HS256 beside a JWKS only when named.
             "BETTER_AUTH_URL": self.issuer.url,
             "JWT_ALGORITHMS": "HS256,EdDSA,ES256,ES512,PS256,RS256",
+            "OAUTH_RESOURCE_URL": OAUTH_RESOURCE,  # (older code ignores it, and the me-oauth run then fails)
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             # prometheus_client's multiprocess files (if the service uses them) go to our temp dir.
             "PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "metrics"),
@@ -559,8 +574,9 @@ class Backend:
                    else seed_sqlite(self.db_path, users, per_user))
         started = time.perf_counter()
         ids = [user_id(u) for u in range(users)]
-        hs256, eddsa = mint_tokens(self.secret, ids, self.args.token_ttl, self.issuer)
-        for path, tokens in ((self.tokens_file, hs256), (self.eddsa_tokens_file, eddsa)):
+        hs256, eddsa, oauth = mint_tokens(self.secret, ids, self.args.token_ttl, self.issuer)
+        files = ((self.tokens_file, hs256), (self.eddsa_tokens_file, eddsa), (self.oauth_tokens_file, oauth))
+        for path, tokens in files:
             with open(path, "w") as fh:
                 for u, token in enumerate(tokens):
                     fh.write(f"{token}\t{u * per_user + 1}\t{per_user}\n")
@@ -727,7 +743,8 @@ def run_load(server: Server, args, run_dir: Path, name: str, mode: str, workload
              duration: float, warmup: float, offset: int, wait: bool = True) -> dict:
     settled = server.settle()  # first: a restart would change the port
     out = run_dir / f"{server.backend.kind}-{server.kind}-{name}.json"
-    tokens = server.backend.eddsa_tokens_file if workload == "me-eddsa" else server.backend.tokens_file
+    tokens = {"me-eddsa": server.backend.eddsa_tokens_file, "me-oauth": server.backend.oauth_tokens_file}.get(
+        workload, server.backend.tokens_file)
     cmd = [str(LOADGEN_BIN), "--port", str(server.port), "--tokens", str(tokens),
            "--out", str(out), "--connections", str(args.connections), "--mode", mode,
            "--duration", str(duration), "--warmup", str(warmup), "--timeout", str(args.timeout),
@@ -887,7 +904,12 @@ def evaluate_targets(backend_result: dict, args) -> list[dict]:
         r = ratio(summarize_run(eddsa)["ok_per_s"], summarize_run(me)["ok_per_s"])
         add("closed me with EdDSA tokens: capacity within 10% of HS256", r is not None and r >= 0.9, r,
             f"{summarize_run(eddsa)['ok_per_s']:.0f} / {summarize_run(me)['ok_per_s']:.0f} req/s = {r:.1%}")
-    for workload in ("healthz", "mixed", "me", "list", "me-eddsa"):
+    oauth = find(runs, "closed", "me-oauth")
+    if eddsa and oauth and summarize_run(oauth)["ok_per_s"]:
+        r = ratio(summarize_run(oauth)["ok_per_s"], summarize_run(eddsa)["ok_per_s"])
+        add("closed me with OAuth access tokens: capacity within 10% of first-party EdDSA", r is not None and r >= 0.9,
+            r, f"{summarize_run(oauth)['ok_per_s']:.0f} / {summarize_run(eddsa)['ok_per_s']:.0f} req/s = {r:.1%}")
+    for workload in ("healthz", "mixed", "me", "list", "me-eddsa", "me-oauth"):
         closed = [run for run in runs if run["mode"] == "closed" and run["workload"] == workload]
         if closed:
             sums = [summarize_run(run) for run in closed]
@@ -1055,7 +1077,8 @@ def run_server(backend: Backend, server_kind: str, args, run_dir: Path, speed: f
             ("closed-healthz-2", "closed", "healthz", None), ("closed-me", "closed", "me", None),
             ("closed-healthz-3", "closed", "healthz", None), ("closed-list", "closed", "list", None),
             ("closed-healthz-4", "closed", "healthz", None), ("closed-me-eddsa", "closed", "me-eddsa", None),
-            ("closed-healthz-5", "closed", "healthz", None)]
+            ("closed-healthz-5", "closed", "healthz", None), ("closed-me-oauth", "closed", "me-oauth", None),
+            ("closed-healthz-6", "closed", "healthz", None)]
         for k, rate in enumerate(args.rates if server_kind != "peer" else ()):
             again = args.rates[:k].count(rate)  # a rate listed twice is a repetition
             suffix = f"-{again + 1}" if again else ""
@@ -1387,7 +1410,7 @@ def run_modes(args, report: dict, kinds: list[str], run_dir: Path, json_path: Pa
         report["sweep"] = run_sweep(args, run_dir)
         json_path = RESULTS / f"{report['timestamp']}-sweep.json"
     else:
-        per_backend = (9 + 2 * len(args.rates)) * len(args.servers)
+        per_backend = (11 + 2 * len(args.rates)) * len(args.servers) + (len(PEER_PLAN) if args.peer else 0)
         log(f"plan: {len(kinds)} backend(s) x {per_backend} runs of {args.warmup:g}+{args.duration:g}s "
             f"(about {len(kinds) * (per_backend * (args.warmup + args.duration + 6) + 20) / 60:.1f} min; "
             f"overloaded runs drain for up to --timeout {args.timeout:g}s)")

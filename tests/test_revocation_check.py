@@ -4,6 +4,7 @@ closed, an error reply or a server that stops answering never lets a stale reply
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -74,6 +75,22 @@ def test_a_connection_the_server_closed_is_replaced_without_an_error(client, mak
     assert me(client, token) == 200
     assert server.client_kill_filter(_type="normal", skipme=True) >= 1
     assert me(client, token) == 200
+
+
+def test_checks_from_many_short_lived_threads_reuse_a_few_connections(client, make_token, server):
+    """The development server runs each request in a thread of its own: the connections the
+    check keeps between commands are bounded by how many run at once, not by how many threads ran."""
+    token = make_token("alice")
+    assert me(client, token) == 200  # the scripts, the floor channel and the first connection
+    before = len(server.client_list(_type="normal"))
+    answers: list[int | str] = []
+    for _ in range(40):
+        thread = threading.Thread(target=lambda: answers.append(me(client, token)))
+        thread.start()
+        thread.join()
+    after = len(server.client_list(_type="normal"))
+    assert answers == [200] * 40
+    assert after <= before, f"connections to Redis went from {before} to {after} over 40 one-request threads"
 
 
 def test_an_error_reply_is_a_503_and_leaves_no_reply_behind(app, client, make_token, server):
