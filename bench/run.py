@@ -515,6 +515,7 @@ class Backend:
         self.secret = secrets.token_urlsafe(48)
         self.redis_prefix = f"taskgate-bench-{stamp}-{kind}:"
         self.tmp = Path(tempfile.mkdtemp(prefix=f"taskgate-bench-{kind}-"))
+        (self.tmp / "metrics").mkdir()  # older code's `flask db upgrade` counts metrics there too
         self.tokens_file = self.tmp / "tokens.tsv"
         self.eddsa_tokens_file = self.tmp / "tokens-eddsa.tsv"
         self.oauth_tokens_file = self.tmp / "tokens-oauth.tsv"
@@ -587,8 +588,10 @@ class Backend:
 
     def migrate(self) -> None:
         env = self.service_env(0, {})
-        subprocess.run([venv_tool("flask", self.args.venv), "--app", "wsgi", "db", "upgrade"], cwd=self.args.app_root,
-                       env=env, check=True, capture_output=True, timeout=120)
+        done = subprocess.run([venv_tool("flask", self.args.venv), "--app", "wsgi", "db", "upgrade"],
+                              cwd=self.args.app_root, env=env, capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise SystemExit(f"flask db upgrade failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
 
     def cleanup(self) -> None:
         with contextlib.suppress(Exception):
