@@ -1,7 +1,6 @@
-"""taskgate: the resource server a Better Auth frontend calls (ARCHITECTURE.md). The factory is
-app.factory; `app.create_app` (and `flask --app app`) reach it on first use, so that importing
-app.config or app.logs loads nothing else (gunicorn.conf.py reads them in gunicorn's master,
-where prometheus_client must not be loaded before PROMETHEUS_MULTIPROC_DIR is set)."""
+"""taskgate: the resource server a Better Auth frontend calls. `app.create_app` reaches app.factory
+only on first use, so that gunicorn's master can import app.config and app.logs without loading
+prometheus_client before PROMETHEUS_MULTIPROC_DIR is set (ARCHITECTURE.md, "Layers")."""
 
 from typing import Any
 

@@ -1,14 +1,5 @@
-"""The `endpoint` decorator: authentication, request validation and the OpenAPI
-declaration of a route, from one place.
-
-    @bp.post("/api/v1/tasks")
-    @endpoint(summary="Create a task", body=TaskCreate, response=Task, status=201)
-    def create(principal, body): ...
-
-The view receives `principal` (when `auth` is set), `body`, `query` and `path` (validated
-pydantic models) as keyword arguments, and returns data that `json_response` serialises.
-Admission (authentication, rate limits, the admin role) is app.gate's.
-"""
+"""The `endpoint` declaration: admission, validation of path, query and body, and the OpenAPI
+facts of a route, from one place (ARCHITECTURE.md, "A request's path")."""
 
 from __future__ import annotations
 

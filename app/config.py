@@ -1,8 +1,5 @@
-"""Settings read from the environment (CONTRACT §5), validated once at start-up: the app's
-(`load_settings`: each area on its own, then the rules that tie areas together) and the
-servers' (`load_server_settings`, for serve.py and gunicorn.conf.py). Nothing else reads the
-environment; everything else gets a frozen dataclass (ARCHITECTURE.md, "Settings").
-"""
+"""Every setting the app and its servers read from the environment, checked once at start
+(CONTRACT §5; ARCHITECTURE.md, "Settings")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""CORS (ARCHITECTURE.md, "A request's path"): the headers a browser needs for an allowed
-origin, computed only for a request that carries an `Origin`. flask-cors did this work on every
-response; written here, in plain sight, it costs nothing on the others (bench/RESULTS.md).
-Bearer tokens, not cookies: never `Access-Control-Allow-Credentials`."""
+"""CORS: the headers a browser needs for an allowed origin, only for a request that carries an
+`Origin` (ARCHITECTURE.md, "Observability")."""
 
 from __future__ import annotations
 

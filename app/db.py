@@ -1,12 +1,5 @@
-"""The database: one engine, one pool, one transaction model.
-
-Every database operation the service performs is ONE SQLAlchemy Core statement, atomic on
-its own (a task is read, created, replaced, patched, toggled or deleted by a single SELECT,
-INSERT, UPDATE or DELETE ... RETURNING; a revocation by a single INSERT). So connections stay
-in the driver's autocommit mode: a statement commits when it completes, a failed one leaves
-nothing behind, and no request pays the BEGIN and COMMIT round trips of a transaction it does
-not need. A change that ever needs two statements to agree must first become one statement.
-"""
+"""The database: one engine, one pool, every operation one statement in the driver's autocommit
+mode (ARCHITECTURE.md, "The data model")."""
 
 from __future__ import annotations
 

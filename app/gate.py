@@ -1,17 +1,5 @@
-"""The request gate: who is calling, and may they (ARCHITECTURE.md, "A request's path").
-
-Every route declared with `app.api.endpoint` is admitted here before its view runs, in four
-named steps:
-
-1. `credential`: the one token of the Authorization header (`Bearer`, or `DPoP` for a
-   sender-constrained OAuth token);
-2. `identify`: the principal from the verified-token cache, or the whole token policy
-   (app.security.policy), and a DPoP token's proof (app.security.dpop);
-3. `authenticate`: one store check that answers "revoked?" and, for a token that is not,
-   counts it against its user's rate limit (app.revocation.store);
-4. `admit`: an anonymous endpoint counts the caller's IP; an authenticated one counts a
-   failure against the IP's limit, then checks the admin role and the OAuth scope it needs.
-"""
+"""The request gate: who is calling, and may they: `admit` → `authenticate` → `identify` →
+`credential`, then `authorize` (ARCHITECTURE.md, "A request's path")."""
 
 from __future__ import annotations
 

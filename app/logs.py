@@ -1,4 +1,5 @@
-"""Logging: one JSON object per line on stderr; never a token or a secret."""
+"""Logging: one JSON object per line on stderr; never a token or a secret
+(ARCHITECTURE.md, "Observability")."""
 
 from __future__ import annotations
 

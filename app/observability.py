@@ -1,9 +1,5 @@
-"""What operators see: a request id, one JSON access-log line per request, Prometheus
-metrics (aggregated across gunicorn workers), and the response headers a JSON API needs.
-
-Metrics are created unregistered; `/metrics` collects them per scrape, from this process
-or, when PROMETHEUS_MULTIPROC_DIR is set (gunicorn.conf.py sets it), from every worker.
-"""
+"""What operators see: a request id, one JSON access-log line per request, metrics, and the
+response headers a JSON API needs (ARCHITECTURE.md, "Observability")."""
 
 from __future__ import annotations
 

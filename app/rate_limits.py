@@ -1,13 +1,5 @@
-"""Rate limits, as fixed windows counted in the same Redis as revocations, so every instance
-shares them: per user for the API, and per client IP for anonymous calls and for failed or
-missing authentication. Off in tests unless turned on.
-
-Limits are written like "600/minute" (parsed by the `limits` library). A window is one Redis
-counter: `<prefix>rl:<scope>:<limit>:<id>:<window number>`, and a user's in the user's
-revocation bucket (app.revocation.layout), where the revocation check counts it, and only for
-a token that is not revoked (ARCHITECTURE.md, "The per-request check"). Redis unreachable
-means 503, as for revocations: fail closed.
-"""
+"""Fixed-window rate limits per user and per client IP, counted in the Redis that holds the
+revocations (ARCHITECTURE.md, "Rate limits")."""
 
 from __future__ import annotations
 

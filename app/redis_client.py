@@ -1,10 +1,5 @@
-"""The Redis that `REDIS_URL` names, whatever its topology, through redis-py's public clients
-(`redis.Redis`, `redis.sentinel.Sentinel`, `redis.cluster.RedisCluster`): named Lua scripts
-run one at a time or together, plain commands, and a pub/sub channel (ARCHITECTURE.md, "Redis").
-
-`on_connect` is called for every new connection to a data node (redis-py's
-`redis_connect_func`): a new connection is how a restart or a failover shows itself.
-"""
+"""The Redis that `REDIS_URL` names, whatever its topology, through redis-py's public clients:
+named Lua scripts, plain commands, a pub/sub channel (ARCHITECTURE.md, "Redis")."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Which Redis `REDIS_URL` names, parsed once when the settings are read (ARCHITECTURE.md,
-"Settings"). The forms are the `limits` library's:
-
-    redis://[user:password@]host:port[/db]                    (rediss:// for TLS)
-    unix://[user:password@]/path/to/socket[?db=N]
-    redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]
-    redis+cluster://[user:password@]host:port[,host:port...]   (rediss+... for TLS)
-"""
+"""Which Redis `REDIS_URL` names, parsed once when the settings are read
+(ARCHITECTURE.md, "Redis"); the forms it takes: docs/DEPLOY.md, "Redis topologies"."""
 
 from __future__ import annotations
 
@@ -18,7 +12,7 @@ HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]/]+)):(?
 
 
 class RedisUrlError(ValueError):
-    """REDIS_URL is not one of the forms above; the message says why, in one line."""
+    """REDIS_URL is not one of the forms in docs/DEPLOY.md ("Redis topologies"); the message says why, in one line."""
 
 
 @dataclass(frozen=True)

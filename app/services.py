@@ -1,8 +1,5 @@
-"""The app's settings and services, behind one typed accessor.
-
-`create_app` builds one `Services` per app and keeps it in `app.extensions`; everything else
-reaches it through `services()`, never through string keys of its own.
-"""
+"""The app's settings and services, behind one typed accessor, `services()`
+(ARCHITECTURE.md, "What each module owns")."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""Task data access, always scoped to one owner.
-
-`OwnedTasks(database, owner_id)` is the only way routes reach tasks. Every statement it runs
-is built by `owned()`, which adds the owner (a WHERE on reads, updates and deletes; the
-`user_id` of an insert), and `_run` refuses any statement that was not: another user's task
-is indistinguishable from a missing one, and a new route cannot forget the check.
-
-Each operation is one statement (app.db): a replace, patch, toggle or delete is a single
-UPDATE or DELETE ... RETURNING on the owner's row, so it is atomic and needs no transaction.
-"""
+"""Task data access, always scoped to one owner by `owned()`
+(ARCHITECTURE.md, "The data model")."""
 
 from __future__ import annotations
 

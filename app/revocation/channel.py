@@ -1,8 +1,5 @@
-"""Every instance hears each revocation's sequence before the call that made it returns: a
-message on Redis pub/sub, which a Redis rollback cannot take back once it is delivered
-(ARCHITECTURE.md, "Knowing Redis is current"). A subscriber that lost its channel, or got it
-back, may have missed messages: its epoch moves, so Redis is verified before it is trusted.
-"""
+"""The floor channel: every instance hears each revocation's sequence on Redis pub/sub before the
+call that made it returns (ARCHITECTURE.md, "Knowing Redis is current")."""
 
 from __future__ import annotations
 

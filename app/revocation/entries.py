@@ -1,5 +1,5 @@
 """A revocation as the fields of its bucket's hash (app.revocation.scripts.APPLY): the denial
-itself, and its log entry, from which the table can be given it back (ARCHITECTURE.md)."""
+itself, and its log entry, from which the table can be given it back (ARCHITECTURE.md, "The data")."""
 
 from __future__ import annotations
 

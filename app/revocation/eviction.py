@@ -1,8 +1,5 @@
-"""Redis must not evict the denylist (ARCHITECTURE.md, "Eviction"). Its policy and its eviction
-count are read from INFO, which works where CONFIG is renamed or disabled: an evicting policy
-refuses a production start, and at run time a policy changed or keys evicted make the store
-verify every bucket before it trusts Redis again.
-"""
+"""Redis must not evict the denylist: its policy and eviction count, read from INFO at start and
+at run time (ARCHITECTURE.md, "Eviction")."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
 """Where revocations live in Redis: buckets, each one hash, and the names of its fields
-(ARCHITECTURE.md, "The revocation model").
-
-The bucket function is part of the stored data (the `bucket` column): changing BUCKETS or
-bucket_of needs a migration that re-buckets every row. Field names join their parts with a tab,
-which no identifier holds (app.security.tokens.is_identifier: printable characters only).
-"""
+(ARCHITECTURE.md, "The data")."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Redis as a copy of the audit table, kept honest both ways (ARCHITECTURE.md, "Knowing Redis
-is current"): `verify` compares every bucket with the table, `repair` brings one bucket level
-with the table (and the table level with Redis, when the table came back older), `sync` is the
-periodic look at the table, the eviction count and the sweeper.
-"""
+"""Redis as a copy of the audit table, kept honest both ways: `verify`, `repair` and the periodic
+look, `sync` (ARCHITECTURE.md, "Knowing Redis is current")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Each script's reply (app.revocation.scripts) as a typed value, read in one place."""
+"""Each script's reply (app.revocation.scripts) as a typed value, read in one place
+(ARCHITECTURE.md, "The data")."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
 """The Lua scripts the revocation store runs in Redis, one EVALSHA each, atomic there
-(ARCHITECTURE.md, "The revocation model"). Each touches only the keys it is given: one bucket's
-hash (and, for CHECK, the user's rate counter, in the same slot). Times compared are Redis's
-own clock (TIME), the one every instance shares. app.revocation.replies reads their replies.
-"""
+(ARCHITECTURE.md, "The data")."""
 
 # Is this token revoked? Only if it is not: count it against its user's rate limit, and, when
 # it was issued ahead of Redis's clock (an issuer clock running fast, within the leeway),

@@ -1,3 +1,3 @@
-"""Security policy: the token policy (`tokens`), the verified-token cache (`verified_tokens`),
-Better Auth's keys (`jwks`), logout tokens (`logout_tokens`) and authorisation (`authz`). The
-request gate that applies them is Flask glue: `app.gate`."""
+"""Who a token names and what it may do: first-party tokens (`tokens`), OAuth access tokens
+(`oauth_tokens`, `dpop`), the two together (`policy`), keys (`jwks`), logout tokens and roles
+(ARCHITECTURE.md, "A request's path, function by function"); applied by `app.gate`."""

@@ -1,8 +1,6 @@
-"""DPoP (RFC 9449): a sender-constrained OAuth access token (`cnf.jkt`) is accepted only with
-`Authorization: DPoP <token>` and a `DPoP` proof that the request's sender holds the bound
-key (ARCHITECTURE.md, "OAuth access tokens"): §4.3's checks, the proof's `jti` remembered in
-Redis for as long as a proof is good, so that a captured proof cannot be replayed.
-"""
+"""DPoP (RFC 9449): a sender-constrained OAuth access token is accepted only with a proof, made
+for this request, of the key it is bound to, each proof used once
+(ARCHITECTURE.md, "OAuth access tokens")."""
 
 from __future__ import annotations
 

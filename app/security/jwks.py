@@ -1,14 +1,5 @@
-"""Better Auth's public keys (JWKS mode, CONTRACT §2).
-
-Keys come only from the configured JWKS_URL, never from a token's `jku`, `x5u` or `jwk`
-header. They are fetched lazily and cached. A key set older than JWKS_CACHE_SECONDS is
-refreshed in the background while requests go on with the keys they have; an unknown `kid`
-triggers at most one fetch per JWKS_MIN_REFETCH_SECONDS (rotation just works, a flood of
-random kids is not a flood of fetches), and only a request that needs that fetch waits for
-it. A fetch as a whole, connection to last byte, is bounded by JWKS_TIMEOUT_SECONDS, and no
-request waits on it longer than that. When the endpoint is down, cached keys keep working;
-with no usable key at all the answer is 503.
-"""
+"""Better Auth's public keys (JWKS mode, CONTRACT §2): fetched from JWKS_URL only, cached,
+refreshed off the request path (ARCHITECTURE.md, "Better Auth's keys")."""
 
 from __future__ import annotations
 

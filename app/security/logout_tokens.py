@@ -1,12 +1,5 @@
-"""OpenID Connect Back-Channel Logout 1.0: the logout tokens an issuer (Better Auth, through
-integrations/better-auth, or any OpenID provider) sends to say a session or a user has ended.
-
-`validate(token)` is the spec's §2.4 and §2.6, with the keys and algorithms this API trusts
-for access tokens: JWKS keys in JWKS mode, the shared secret for HS256. The rules are made
-to exclude the access-token rules and the other way round (RFC 8725 §3.12): a logout token
-has `events` and may say `typ: logout+jwt`; an access token has neither
-(app.security.tokens.check_access_token).
-"""
+"""OpenID Connect Back-Channel Logout 1.0: what makes a logout token acceptable
+(ARCHITECTURE.md, "A back-channel logout")."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""OAuth access tokens (RFC 9068) of third-party apps and agents, issued by Better Auth's OAuth
-provider (ARCHITECTURE.md, "OAuth access tokens"): `typ: at+jwt`, OAUTH_ISSUER's, for this API
-(OAUTH_RESOURCE_URL in `aud`), naming a client and the scopes it was granted, signed with a
-JWKS key. Never a first-party token, and a first-party token never passes as one.
-"""
+"""OAuth access tokens (RFC 9068) of third-party apps and agents: what makes one acceptable, and
+who it names (ARCHITECTURE.md, "OAuth access tokens")."""
 
 from __future__ import annotations
 

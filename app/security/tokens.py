@@ -1,12 +1,5 @@
-"""Token policy (CONTRACT §2): what makes a bearer token acceptable, and who it names.
-
-`verify(token)` is the whole decision for a token not seen before: the segments are UTF-8
-JSON objects, the token is an access token (not a logout token or another job's), its claims
-have the right types and age, and flask-jwt-extended's public `decode_token` checks the
-signature (with the key `decode_key` picks: algorithms come from configuration, never from
-the token), `exp`, `nbf`, `iss` and `aud`. The `Principal` is built from the claims as they
-were signed, so nothing a library adds to them can change a token's identity.
-"""
+"""Token policy for a first-party token (CONTRACT §2): what makes one acceptable, and who it names
+(ARCHITECTURE.md, "A request's path")."""
 
 from __future__ import annotations
 

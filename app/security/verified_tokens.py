@@ -1,10 +1,5 @@
-"""Tokens this worker has fully verified, so a repeat skips parsing and signature checks.
-
-Never a shortcut past a check whose answer can change: expiry and maximum age are checked
-again on every use, revocation is checked on every request (app.gate), and a token
-signed with a JWKS key is honoured only while the key set still publishes that key unchanged.
-Bounded (LRU), and an entry lives at most `ttl` seconds.
-"""
+"""Tokens this worker has fully verified, so a repeat skips parsing and signature checks, never a
+check whose answer can change (ARCHITECTURE.md, "A request's path")."""
 
 from __future__ import annotations
 
