@@ -10,6 +10,7 @@ from typing import Any
 
 import jwt as pyjwt
 import pytest
+import requests
 import sqlalchemy as sa
 from alembic import command
 
@@ -145,6 +146,25 @@ def make_token() -> TokenFactory:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def answer(response: Any) -> int | str:
+    """200, or the stable error code the service answered (a Flask test response or a
+    `requests` one); the status where the body carries no code."""
+    if response.status_code == 200:
+        return 200
+    body = response.get_json(silent=True) if hasattr(response, "get_json") else response.json()
+    return (body or {}).get("code", response.status_code)
+
+
+def me(client: Any, token: str, **kwargs: Any) -> int | str:
+    """What GET /api/v1/auth/me answers this token, through the Flask test client."""
+    return answer(client.get("/api/v1/auth/me", headers=bearer(token), **kwargs))
+
+
+def me_at(server: Any, token: str, timeout: float = 10) -> int | str:
+    """What GET /api/v1/auth/me answers this token, over HTTP from a running instance."""
+    return answer(requests.get(f"{server.url}/api/v1/auth/me", headers=bearer(token), timeout=timeout))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.services import services
-from tests.conftest import SECRET, bearer, encode
+from tests.conftest import SECRET, encode, me
 from tests.jwks_server import JwksServer, SigningKey
 
 ISSUER = "https://auth.example.com"
@@ -49,9 +49,6 @@ def send(client, token, **kwargs):
     return client.post(URL, data={"logout_token": token}, **kwargs)
 
 
-def me(client, token):
-    response = client.get("/api/v1/auth/me", headers=bearer(token))
-    return 200 if response.status_code == 200 else response.get_json()["code"]
 
 
 def audit(app):

@@ -85,37 +85,26 @@ def test_metrics_count_requests_and_token_failures(client, as_user):
     assert samples[("taskgate_revocation_checks_total", (("result", "ok"),))] >= 1
 
 
-class TestCors:
+class TestAMetricsToken:
     @pytest.fixture
     def settings_overrides(self):
-        return {"CORS_ORIGINS": "https://app.example.com"}
+        return {"RATE_LIMITS_ENABLED": "true", "RATE_LIMIT_IP": "5/minute",
+                "METRICS_TOKEN": "metrics-token-for-the-tests-0123456789"}
 
-    def test_preflight_from_an_allowed_origin(self, client):
-        response = client.options("/api/v1/tasks", headers={
-            "Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "authorization, content-type"})
-        assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
-        assert "authorization" in response.headers["Access-Control-Allow-Headers"].lower()
-        assert response.headers["Access-Control-Max-Age"] == "600"
-        assert "Access-Control-Allow-Credentials" not in response.headers
+    def test_metrics_need_the_configured_token(self, client):
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", headers=bearer("m" * 31 + "x")).status_code == 401
+        response = client.get("/metrics", headers=bearer("metrics-token-for-the-tests-0123456789"))
+        assert response.status_code == 200 and b"taskgate_http_requests_total" in response.data
 
-    def test_a_request_from_the_allowed_origin_may_read_the_answer(self, client, as_user):
-        response = client.get("/api/v1/tasks", headers={**as_user("alice"), "Origin": "https://app.example.com"})
-        assert response.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
-        assert "X-Total-Count" in response.headers["Access-Control-Expose-Headers"]
 
-    def test_a_request_without_an_origin_gets_no_cors_headers(self, client, as_user):
-        # Not a browser's cross-origin request: nothing to allow, and no list of the allowed origins.
-        response = client.get("/api/v1/tasks", headers=as_user("alice"))
-        assert not [name for name in response.headers.keys() if name.lower().startswith("access-control-")]
-        assert "Origin" in response.headers["Vary"]
+def test_metrics_are_off_in_production_without_a_token(tmp_path):
+    from app.factory import create_app
 
-    @pytest.mark.parametrize("origin", ["https://evil.example.com", "https://app.example.com.evil.net",
-                                        "http://app.example.com"])
-    def test_other_origins_get_no_cors_headers(self, client, as_user, origin):
-        response = client.get("/api/v1/tasks", headers={**as_user("alice"), "Origin": origin})
-        assert "Access-Control-Allow-Origin" not in response.headers
-        assert "Origin" in response.headers["Vary"]
+    app = create_app({"APP_ENV": "production", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",
+                      "REDIS_URL": "redis://127.0.0.1:1/0", "BETTER_AUTH_SECRET": SECRET, "RATE_LIMITS_ENABLED": "0",
+                      "METRICS_TOKEN": ""})
+    assert app.test_client().get("/metrics").status_code == 404
 
 
 def test_client_chosen_methods_do_not_grow_metric_labels(client):

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.conftest import bearer
+from tests.conftest import bearer, me
 
 
 @pytest.fixture
@@ -53,6 +53,45 @@ def test_anonymous_endpoints_are_limited_per_ip_but_liveness_is_not(client, path
     assert client.get(path, environ_base={"REMOTE_ADDR": "10.9.8.7"}).status_code == 200  # another IP
     for _ in range(10):
         assert client.get("/healthz").status_code == 200
+
+
+class TestAnonymousEndpoints:
+    @pytest.fixture
+    def settings_overrides(self):
+        return {"RATE_LIMITS_ENABLED": "true", "RATE_LIMIT_IP": "5/minute",
+                "METRICS_TOKEN": "metrics-token-for-the-tests-0123456789"}
+
+    @pytest.mark.parametrize("path", ["/readyz", "/openapi.json"])
+    def test_a_per_ip_limit_applies_to_anonymous_endpoints(self, client, path):
+        for _ in range(5):
+            assert client.get(path).status_code == 200
+        assert client.get(path).status_code == 429
+        for _ in range(20):
+            assert client.get("/healthz").status_code == 200
+
+
+class TestRateLimitsAndRevocation:
+    """A revoked token never spends its owner's quota; logout always works."""
+
+    @pytest.fixture
+    def settings_overrides(self):
+        return {"RATE_LIMITS_ENABLED": "true", "RATE_LIMIT_USER": "5/minute", "RATE_LIMIT_AUTH_FAILURES": "1000/minute"}
+
+    def test_requests_with_a_revoked_token_do_not_count_against_its_owner(self, client, make_token):
+        stolen = make_token("alice")
+        assert client.post("/api/v1/auth/logout", headers=bearer(stolen)).status_code == 204
+        for _ in range(10):
+            assert me(client, stolen) == "token_revoked"
+        assert me(client, make_token("alice")) == 200
+
+    def test_a_user_over_the_limit_can_log_out_and_log_out_everywhere(self, client, make_token):
+        token = make_token("alice")
+        for _ in range(5):
+            assert me(client, token) == 200
+        assert me(client, token) == "rate_limited"
+        assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
+        assert client.post("/api/v1/auth/logout", json={"everywhere": True},
+                           headers=bearer(make_token("alice"))).status_code == 204
 
 
 def test_rate_limits_are_off_in_tests_by_default(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -14,7 +15,7 @@ from app.revocation import layout
 from app.revocation.layout import BUCKETS, bucket_of
 from app.revocation.targets import RevocationTarget
 from app.services import services
-from tests.conftest import SECRET, bearer, encode
+from tests.conftest import SECRET, answer, bearer, encode, me
 
 
 @pytest.fixture
@@ -27,10 +28,6 @@ def admin(as_user):
     return as_user("root", role="admin")
 
 
-def status(client, token: str, path: str = "/api/v1/auth/me") -> int | str:
-    response = client.get(path, headers=bearer(token))
-    return 200 if response.status_code == 200 else response.get_json()["code"]
-
 
 def stored(store, owner: str, field: str) -> str | None:
     """One field of the bucket hash `owner` belongs to."""
@@ -41,12 +38,17 @@ def audit_rows(app) -> list[dict]:
     return [dict(r._mapping) for r in services(app).database.rows(sa.text("SELECT * FROM revocations ORDER BY id"))]
 
 
+def after_this_second() -> None:
+    """Sleep into the next whole second: a token minted now has an `iat` past a cutoff made now."""
+    time.sleep(1.05 - time.time() % 1)
+
+
 def test_logout_revokes_this_token_only(client, make_token):
     token, other = make_token("alice"), make_token("alice")
     assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
-    assert status(client, token) == "token_revoked"
-    assert status(client, token, "/api/v1/tasks") == "token_revoked"
-    assert status(client, other) == 200
+    assert me(client, token) == "token_revoked"
+    assert answer(client.get("/api/v1/tasks", headers=bearer(token))) == "token_revoked"
+    assert me(client, other) == 200
 
 
 def test_logout_of_a_token_without_jti_catches_re_encoded_and_re_signed_copies(client, make_token):
@@ -64,9 +66,24 @@ def test_logout_of_a_token_without_jti_catches_re_encoded_and_re_signed_copies(c
     signing_input = f"{header}.{spaced_payload}"
     resigned = f"{signing_input}.{base64.urlsafe_b64encode(hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()).rstrip(b'=').decode()}"  # noqa: E501
     for copy in (token, reordered, resigned):
-        assert status(client, copy) == "token_revoked"
-    assert status(client, padded) == "token_revoked"
-    assert status(client, encode({**claims, "exp": now + 601})) == 200  # different claims, different token
+        assert me(client, copy) == "token_revoked"
+    assert me(client, padded) == "token_revoked"
+    assert me(client, encode({**claims, "exp": now + 601})) == 200  # different claims, different token
+
+
+def test_logging_out_one_jti_less_token_never_revokes_another(client):
+    now = int(time.time())
+    base = {"sub": "alice", "iat": now, "exp": now + 600}
+    named, plain = encode({**base, "nickname": "nickname"}), encode(base)
+    assert me(client, named) == 200 and me(client, plain) == 200
+    assert client.post("/api/v1/auth/logout", headers=bearer(named)).status_code == 204
+    assert me(client, named) == "token_revoked"
+    assert me(client, plain) == 200
+    for claim in ("type", "fresh"):  # names a JWT library might add defaults for
+        token = encode({**base, "n": claim, claim: claim if claim == "type" else False})
+        if me(client, token) == 200:
+            assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
+            assert me(client, plain) == 200
 
 
 def test_logout_everywhere_revokes_every_earlier_token(client, make_token):
@@ -75,9 +92,9 @@ def test_logout_everywhere_revokes_every_earlier_token(client, make_token):
     current = make_token("alice")
     response = client.post("/api/v1/auth/logout", json={"everywhere": True}, headers=bearer(current))
     assert response.status_code == 204
-    assert status(client, old) == "token_revoked" and status(client, current) == "token_revoked"
-    assert status(client, make_token("alice", iat=now + 2)) == 200  # minted after the cutoff
-    assert status(client, make_token("bob")) == 200
+    assert me(client, old) == "token_revoked" and me(client, current) == "token_revoked"
+    assert me(client, make_token("alice", iat=now + 2)) == 200  # minted after the cutoff
+    assert me(client, make_token("bob")) == 200
 
 
 def test_admin_revokes_a_user(client, make_token, admin):
@@ -87,8 +104,29 @@ def test_admin_revokes_a_user(client, make_token, admin):
     assert response.status_code == 200
     body = response.get_json()
     assert body["user_id"] == "alice" and body["revoked_before"].endswith("Z")
-    assert status(client, earlier) == "token_revoked"
-    assert status(client, make_token("alice", iat=now + 2)) == 200
+    assert me(client, earlier) == "token_revoked"
+    assert me(client, make_token("alice", iat=now + 2)) == 200
+
+
+def test_a_token_issued_ahead_of_the_clock_does_not_survive_logout_everywhere(client, make_token):
+    now = int(time.time())
+    ahead = make_token("alice", iat=now + 20, exp=now + 900)  # an issuer clock 20 s fast
+    assert me(client, ahead) == 200
+    assert client.post("/api/v1/auth/logout", json={"everywhere": True},
+                       headers=bearer(make_token("alice"))).status_code == 204
+    assert me(client, ahead) == "token_revoked"
+    after_this_second()
+    assert me(client, make_token("alice")) == 200  # a token minted after it, by a right clock
+
+
+def test_a_token_issued_ahead_of_the_clock_does_not_survive_an_admin_revoking_the_user(client, make_token, as_user):
+    now = int(time.time())
+    ahead = make_token("bob", iat=now + 20, exp=now + 900, drop=("jti",))
+    assert me(client, ahead) == 200
+    assert client.post("/api/v1/admin/users/bob/revoke", headers=as_user("root", role="admin")).status_code == 200
+    assert me(client, ahead) == "token_revoked"
+    after_this_second()
+    assert me(client, make_token("bob")) == 200
 
 
 def test_a_later_cutoff_is_never_lowered(store):
@@ -103,8 +141,8 @@ def test_a_later_cutoff_is_never_lowered(store):
 def test_admin_revokes_a_session(client, make_token, admin):
     in_session, other_session = make_token("alice", sid="s-1"), make_token("alice", sid="s-2")
     assert client.post("/api/v1/admin/sessions/s-1/revoke", headers=admin).status_code == 200
-    assert status(client, in_session) == "token_revoked"
-    assert status(client, other_session) == 200
+    assert me(client, in_session) == "token_revoked"
+    assert me(client, other_session) == 200
 
 
 def test_admin_revokes_a_token_by_jti_and_by_token(client, make_token, admin):
@@ -113,7 +151,7 @@ def test_admin_revokes_a_token_by_jti_and_by_token(client, make_token, admin):
     assert client.post("/api/v1/admin/tokens/revoke", json={"jti": "jti-1"}, headers=admin).get_json() == {
         "revoked": "jti", "target": "jti-1"}
     assert client.post("/api/v1/admin/tokens/revoke", json={"token": by_token}, headers=admin).status_code == 200
-    assert status(client, by_jti) == "token_revoked" and status(client, by_token) == "token_revoked"
+    assert me(client, by_jti) == "token_revoked" and me(client, by_token) == "token_revoked"
 
 
 @pytest.mark.parametrize("body", [{}, {"jti": "a", "token": "b"}, {"token": "not.a.token"}, {"jti": ""},
@@ -168,17 +206,17 @@ def test_denylist_is_rebuilt_after_redis_loses_its_data(client, app, store, make
     client.post("/api/v1/admin/sessions/s-1/revoke", headers=admin)
     client.post("/api/v1/admin/users/bob/revoke", headers=admin)
     store.client.client.flushall()
-    assert status(client, logged_out) == "token_revoked"
-    assert status(client, old_session) == "token_revoked"
-    assert status(client, old_user) == "token_revoked"
-    assert status(client, make_token("bob", iat=now + 2)) == 200
+    assert me(client, logged_out) == "token_revoked"
+    assert me(client, old_session) == "token_revoked"
+    assert me(client, old_user) == "token_revoked"
+    assert me(client, make_token("bob", iat=now + 2)) == 200
     assert all(store.client.hget_many([store.layout.bucket(b) for b in range(BUCKETS)], "state"))
 
 
 def test_a_redis_write_that_fails_after_the_commit_is_a_503_and_the_next_request_repairs_it(
         client, app, store, make_token, monkeypatch):
     token = make_token("alice")
-    assert status(client, token) == 200
+    assert me(client, token) == 200
     real_run = store.client.run
 
     def refuse_applies(call):
@@ -191,14 +229,14 @@ def test_a_redis_write_that_fails_after_the_commit_is_a_503_and_the_next_request
     assert response.status_code == 503 and response.get_json()["code"] == "service_unavailable"
     assert [row["kind"] for row in audit_rows(app)] == ["jti"]  # committed first
     monkeypatch.undo()
-    assert status(client, token) == "token_revoked"  # the next check found the gap and repaired it
+    assert me(client, token) == "token_revoked"  # the next check found the gap and repaired it
 
 
 def test_a_commit_that_fails_leaves_no_row_and_no_denial(client, app, store, make_token, monkeypatch):
     from sqlalchemy.exc import OperationalError
 
     token = make_token("alice")
-    assert status(client, token) == 200
+    assert me(client, token) == 200
 
     def refuse(*_args, **_kwargs):
         raise OperationalError("INSERT", {}, Exception("the database went away"))
@@ -207,7 +245,7 @@ def test_a_commit_that_fails_leaves_no_row_and_no_denial(client, app, store, mak
     assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 503
     monkeypatch.undo()
     assert audit_rows(app) == []
-    assert status(client, token) == 200
+    assert me(client, token) == 200
 
 
 def test_cli_revocations_are_recorded_as_the_cli(app, client, make_token):
@@ -221,7 +259,7 @@ def test_cli_revocations_are_recorded_as_the_cli(app, client, make_token):
         assert result.exit_code == 0, result.output
         assert result.output.startswith("revoked ")
     for token in (user_token, session_token, jti_token, raw_token):
-        assert status(client, token) == "token_revoked"
+        assert me(client, token) == "token_revoked"
     rows = audit_rows(app)
     assert {r["actor"] for r in rows} == {"cli"} and rows[0]["reason"] == "offboarding"
     assert runner.invoke(args=["revoke", "token", "a.b.c"]).exit_code != 0
@@ -248,7 +286,7 @@ def test_prune_deletes_what_can_no_longer_matter_and_keeps_each_bucket_sequence(
     assert {"recent-expired", "live"} <= remaining
     assert f"deleted {3 - sum(t.value in remaining for t in old)} " in result.output
     next_one = store.revoke_jti(f"after-prune-{recent.bucket}", "test")
-    assert next_one.seq > 0 and status(client, live) == "token_revoked"
+    assert next_one.seq > 0 and me(client, live) == "token_revoked"
 
 
 @pytest.mark.parametrize("path", ["/api/v1/admin/users/al%0Aice/revoke", "/api/v1/admin/sessions/s%0A1/revoke",
@@ -256,3 +294,21 @@ def test_prune_deletes_what_can_no_longer_matter_and_keeps_each_bucket_sequence(
 def test_an_id_with_a_control_character_is_a_422_like_any_other_bad_id(client, admin, path):
     response = client.post(path, headers=admin)
     assert response.status_code == 422 and response.get_json()["code"] == "validation_error", response.get_data()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/admin/users/{id}/revoke", "/api/v1/admin/sessions/{id}/revoke"])
+@pytest.mark.parametrize("bad_id", ["x" * 256, "a\x00b", "a\x07b", "tab\there"])
+def test_an_id_no_token_could_carry_is_a_422(client, as_user, path, bad_id):
+    response = client.post(path.format(id=quote(bad_id, safe="")), headers=as_user("root", role="admin"))
+    assert response.status_code == 422, response.get_data()[:300]
+    assert response.get_json()["code"] == "validation_error"
+
+
+@pytest.mark.parametrize("odd_id", ["team/alice", "//leading", "a%2Fb", "x" * 255, "ünï cödé"])
+def test_every_id_a_token_can_carry_can_be_revoked(client, make_token, as_user, odd_id):
+    admin = as_user("root", role="admin")
+    user_token, session_token = make_token(odd_id), make_token("carol", sid=odd_id)
+    assert me(client, user_token) == 200 and me(client, session_token) == 200
+    assert client.post(f"/api/v1/admin/users/{quote(odd_id, safe='')}/revoke", headers=admin).status_code == 200
+    assert client.post(f"/api/v1/admin/sessions/{quote(odd_id, safe='')}/revoke", headers=admin).status_code == 200
+    assert me(client, user_token) == "token_revoked" and me(client, session_token) == "token_revoked"

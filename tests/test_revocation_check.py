@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from app.services import services
-from tests.conftest import bearer
+from tests.conftest import bearer, me
 from tests.servers import RedisMonitor, RedisServer
 from tests.services import require_redis
 
@@ -37,9 +37,6 @@ def server(private_redis) -> Iterator[redis.Redis]:
     client.close()
 
 
-def me(client, token: str) -> int | str:
-    response = client.get("/api/v1/auth/me", headers=bearer(token))
-    return 200 if response.status_code == 200 else response.get_json()["code"]
 
 
 def user_window_key(app, user_id: str) -> str:

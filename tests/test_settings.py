@@ -3,12 +3,16 @@ line (ConfigError, exit 78 from serve.py and wsgi.py), warned once at start, or 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from app.config import ConfigError, entropy_bits, load_settings
 from tests.conftest import SECRET
+from tests.servers import ROOT
 
 PRODUCTION = {"APP_ENV": "production", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",
               "REDIS_URL": "redis://127.0.0.1:1/0", "BETTER_AUTH_SECRET": SECRET, "BETTER_AUTH_URL": "",
@@ -65,6 +69,19 @@ def test_a_setting_that_breaks_a_promise_is_refused_in_one_line(tmp_path, change
     with pytest.raises(ConfigError) as refused:
         start(tmp_path, **change)
     assert message in str(refused.value) and "\n" not in str(refused.value), str(refused.value)
+
+
+@pytest.mark.parametrize("url", ["memcached://127.0.0.1:11211", "redis://127.0.0.1:notaport/0", "redis:///0",
+                                 "redis://127.0.0.1:6379/zero"])
+def test_a_bad_redis_url_is_a_one_line_error(url):
+    env = {**os.environ, "APP_ENV": "production", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",
+           "REDIS_URL": url, "BETTER_AUTH_SECRET": SECRET}
+    result = subprocess.run([sys.executable, "-c", "import wsgi"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 78, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("taskgate: configuration error: REDIS_URL"), result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("change,message", WARNED, ids=[next(iter(c)) for c, _ in WARNED])

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.revocation.layout import bucket_of
-from tests.conftest import bearer
+from tests.conftest import bearer, me
 from tests.redis_topologies import PersistentRedis
 from tests.services import require_redis
 
@@ -31,9 +31,6 @@ def settings_overrides(redis_node):
     return {"REDIS_URL": redis_node.url, "REVOCATION_SYNC_SECONDS": "60"}
 
 
-def me(client, token: str) -> int | str:
-    response = client.get("/api/v1/auth/me", headers=bearer(token))
-    return 200 if response.status_code == 200 else response.get_json()["code"]
 
 
 def jti_outside_bucket_of(user_id: str) -> str:

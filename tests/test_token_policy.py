@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import SECRET, bearer, encode
+from tests.conftest import SECRET, bearer, encode, me
 
 
 def now() -> int:
@@ -48,6 +48,12 @@ def test_no_token(client):
 def test_a_non_bearer_scheme_is_a_missing_token(client, make_token):
     response = client.get("/api/v1/tasks", headers={"Authorization": f"Basic {make_token()}"})
     assert_rejected(response, "missing_token")
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(client, make_token, scheme):
+    response = client.get("/api/v1/auth/me", headers={"Authorization": f"{scheme} {make_token('alice')}"})
+    assert response.status_code == 200 and response.get_json()["user_id"] == "alice"
 
 
 @pytest.mark.parametrize("token", ["garbage", "a.b.c", "a.b", "", "....", "eyJ.eyJ.x"])
@@ -130,6 +136,24 @@ def test_refresh_typed_token_is_rejected(client, make_token):
     assert_rejected(client.get("/api/v1/tasks", headers=bearer(make_token(type="refresh"))), "invalid_token")
 
 
+@pytest.mark.parametrize("header,extra,accepted", [
+    ({"typ": "logout+jwt"}, {}, False),
+    ({"typ": "application/logout+jwt"}, {}, False),
+    ({"typ": "secevent+jwt"}, {}, False),
+    ({}, {"events": {"http://schemas.openid.net/event/backchannel-logout": {}}}, False),
+    ({"typ": "JWT"}, {"events": {}}, False),
+    ({"typ": "JWT"}, {}, True),
+    ({"typ": "at+jwt"}, {}, False),  # an OAuth access token: never a first-party one (tests/test_oauth_tokens.py)
+    ({"typ": "application/at+JWT"}, {}, False),
+    ({}, {}, True),
+])
+def test_only_access_tokens_authenticate(client, header, extra, accepted):
+    token = encode({"sub": "alice", "iat": now(), "exp": now() + 600, **extra}, SECRET, "HS256", header)
+    assert (me(client, token) == 200) is accepted
+    if not accepted:
+        assert me(client, token) == "invalid_token"
+
+
 def test_token_in_the_query_string_or_a_cookie_is_ignored(client, make_token):
     token = make_token()
     assert_rejected(client.get(f"/api/v1/tasks?jwt={token}&access_token={token}"), "missing_token")
@@ -206,6 +230,15 @@ class TestAdmins:
     def test_admin_from_allow_list(self, client, make_token):
         me = client.get("/api/v1/auth/me", headers=bearer(make_token("ops", role="user"))).get_json()
         assert me["is_admin"] is True
+
+
+@pytest.mark.parametrize("role,is_admin", [("admin\u00a0", False), ("\u00a0admin", False), ("admin\u200b", False),
+                                           ("user,admin", True), ("user, admin", True), ("user admin", True),
+                                           ("Admin", False), (["user", "admin "], True)])
+def test_role_names_compare_exactly_after_splitting_on_commas_and_ascii_whitespace(client, make_token, role,
+                                                                                  is_admin):
+    response = client.get("/api/v1/auth/me", headers=bearer(make_token("someone", role=role)))
+    assert response.get_json()["is_admin"] is is_admin
 
 
 def test_me_reports_the_token(client, make_token):

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from app.config import SERVERS
-from tests.conftest import bearer
+from tests.conftest import bearer, me_at
 from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
 from tests.servers import AppServer, RedisServer
 
@@ -24,12 +24,8 @@ pytestmark = pytest.mark.integration
 SERVED_AGAIN_WITHIN = 15.0
 
 
-def code(response: requests.Response) -> int | str:
-    return 200 if response.status_code == 200 else response.json().get("code", response.status_code)
 
 
-def me(server: AppServer, token: str) -> int | str:
-    return code(requests.get(f"{server.url}/api/v1/auth/me", headers=bearer(token), timeout=10))
 
 
 @contextmanager
@@ -68,11 +64,11 @@ class Revoked:
     def assert_all_revoked(self, servers: list[AppServer]) -> None:
         for server in servers:
             for how, token in self.tokens.items():
-                assert me(server, token) == "token_revoked", (server.url, how)
+                assert me_at(server, token) == "token_revoked", (server.url, how)
 
     def never_accepted(self, server: AppServer) -> list[tuple[str, int | str]]:
         """One request per revoked token; what each got (never 200)."""
-        answers = [(how, me(server, token)) for how, token in self.tokens.items()]
+        answers = [(how, me_at(server, token)) for how, token in self.tokens.items()]
         assert all(answer in ("token_revoked", "service_unavailable") for _, answer in answers), answers
         return answers
 
@@ -104,8 +100,8 @@ def test_a_redis_restored_from_an_older_snapshot_never_lets_a_revoked_token_back
     with PersistentRedis(appendfsync=appendfsync) as redis_node, \
             instances({**production_env, "REDIS_URL": redis_node.url}, 2) as servers:
         for server in servers:
-            assert me(server, revoked.good) == 200
-            assert all(me(server, token) == 200 for token in revoked.tokens.values())
+            assert me_at(server, revoked.good) == 200
+            assert all(me_at(server, token) == 200 for token in revoked.tokens.values())
         snapshot = redis_node.snapshot()  # Redis before any revocation
         revoked.revoke_through(servers[0])
         revoked.assert_all_revoked(servers)
@@ -114,7 +110,7 @@ def test_a_redis_restored_from_an_older_snapshot_never_lets_a_revoked_token_back
         for server in reversed(servers):  # the first request after the restart, on every instance
             revoked.never_accepted(server)
         for server in servers:
-            wait_for(lambda s=server: me(s, revoked.good) == 200, 10, "the good token works again")
+            wait_for(lambda s=server: me_at(s, revoked.good) == 200, 10, "the good token works again")
         revoked.assert_all_revoked(servers)
 
 
@@ -122,14 +118,14 @@ def test_a_lost_aof_tail_never_lets_a_revoked_token_back(production_env, make_to
     revoked = Revoked(make_token)
     with PersistentRedis(appendfsync="everysec") as redis_node, \
             instances({**production_env, "REDIS_URL": redis_node.url}, 2) as servers:
-        assert me(servers[0], revoked.good) == 200 and me(servers[1], revoked.good) == 200
+        assert me_at(servers[0], revoked.good) == 200 and me_at(servers[1], revoked.good) == 200
         mark = redis_node.aof_mark()
         revoked.revoke_through(servers[1])
         redis_node.crash_to(mark)  # a crash loses what everysec had not yet written
         for server in servers:
             revoked.never_accepted(server)
         for server in servers:
-            wait_for(lambda s=server: me(s, revoked.good) == 200, 10, "the good token works again")
+            wait_for(lambda s=server: me_at(s, revoked.good) == 200, 10, "the good token works again")
         revoked.assert_all_revoked(servers)
 
 
@@ -144,7 +140,7 @@ def test_a_redis_write_refused_after_the_commit_is_a_503_and_is_repaired_on_ever
         import redis
 
         admin = redis.Redis.from_url(private_redis.url)
-        assert me(servers[0], token) == 200 and me(servers[1], token) == 200
+        assert me_at(servers[0], token) == 200 and me_at(servers[1], token) == 200
         admin.execute_command("ACL", "SETUSER", "default", "-hset")  # checks still run; writing a denial fails
         try:
             response = requests.post(f"{servers[0].url}/api/v1/auth/logout", headers=bearer(token), timeout=10)
@@ -154,8 +150,8 @@ def test_a_redis_write_refused_after_the_commit_is_a_503_and_is_repaired_on_ever
         # The worker that committed it applies it again within 0.2 s; any other worker or
         # instance learns of it from the table within REVOCATION_SYNC_SECONDS anyway.
         time.sleep(0.5)
-        assert me(servers[0], token) == "token_revoked"
-        assert me(servers[1], token) == "token_revoked"
+        assert me_at(servers[0], token) == "token_revoked"
+        assert me_at(servers[1], token) == "token_revoked"
         admin.close()
 
 
@@ -167,7 +163,7 @@ def test_sentinel_failover_under_load(production_env, make_token):
     with SentinelSet(down_after_ms=1000) as sentinels, \
             instances({**production_env, "REDIS_URL": sentinels.url}, 3) as servers:
         for server in servers:
-            assert me(server, revoked.good) == 200
+            assert me_at(server, revoked.good) == 200
         revoked.revoke_through(servers[0])
         revoked.assert_all_revoked(servers)
 
@@ -178,9 +174,9 @@ def test_sentinel_failover_under_load(production_env, make_token):
         def hammer(server: AppServer) -> None:
             while not stop.is_set():
                 try:
-                    seen[server.url].append((time.monotonic(), me(server, revoked.good)))
+                    seen[server.url].append((time.monotonic(), me_at(server, revoked.good)))
                     for how, token in revoked.tokens.items():
-                        if me(server, token) == 200:
+                        if me_at(server, token) == 200:
                             accepted_revoked.append((server.url, how))
                 except requests.RequestException as error:
                     seen[server.url].append((time.monotonic(), type(error).__name__))
@@ -207,10 +203,10 @@ def test_sentinel_failover_under_load(production_env, make_token):
 
         # A logout after the failover holds on all three at once.
         late = make_token(f"after-failover-{uuid.uuid4().hex[:8]}")
-        assert all(me(server, late) == 200 for server in servers)
+        assert all(me_at(server, late) == 200 for server in servers)
         logout = requests.post(f"{servers[2].url}/api/v1/auth/logout", headers=bearer(late), timeout=10)
         assert logout.status_code == 204
-        assert [me(server, late) for server in servers] == ["token_revoked"] * 3
+        assert [me_at(server, late) for server in servers] == ["token_revoked"] * 3
         revoked.assert_all_revoked(servers)
 
 
@@ -221,7 +217,7 @@ def test_cluster_every_revocation_holds_and_each_shard_losing_its_data_is_repair
     revoked = Revoked(make_token)
     with ClusterSet(masters=3) as cluster, instances({**production_env, "REDIS_URL": cluster.url}, 3) as servers:
         for server in servers:
-            assert me(server, revoked.good) == 200
+            assert me_at(server, revoked.good) == 200
         revoked.revoke_through(servers[1])
         revoked.assert_all_revoked(servers)
         for node in cluster.masters:
@@ -229,9 +225,9 @@ def test_cluster_every_revocation_holds_and_each_shard_losing_its_data_is_repair
             for server in servers:
                 revoked.never_accepted(server)
             for server in servers:
-                wait_for(lambda s=server: me(s, revoked.good) == 200, 10, "the good token works again")
+                wait_for(lambda s=server: me_at(s, revoked.good) == 200, 10, "the good token works again")
             revoked.assert_all_revoked(servers)
         late = make_token("after-flushes", sid=f"late-{uuid.uuid4().hex}")
         assert requests.post(f"{servers[0].url}/api/v1/admin/sessions/{late_sid(late)}/revoke", headers=revoked.admin,
                              timeout=10).status_code == 200
-        assert [me(server, late) for server in servers] == ["token_revoked"] * 3
+        assert [me_at(server, late) for server in servers] == ["token_revoked"] * 3

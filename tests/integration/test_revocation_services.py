@@ -8,18 +8,14 @@ import time
 import pytest
 import requests
 
-from tests.conftest import bearer
-from tests.servers import AppServer, RedisServer
+from tests.conftest import bearer, me_at
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
 
-def code(response: requests.Response) -> int | str:
-    return 200 if response.status_code == 200 else response.json().get("code", response.status_code)
 
 
-def me(server: AppServer, token: str) -> int | str:
-    return code(requests.get(f"{server.url}/api/v1/auth/me", headers=bearer(token), timeout=5))
 
 
 def test_a_token_revoked_through_one_instance_is_rejected_by_another(production_env, make_token, app_server):
@@ -27,15 +23,15 @@ def test_a_token_revoked_through_one_instance_is_rejected_by_another(production_
         token = make_token("alice")
         admin = make_token("root", role="admin")
         earlier = make_token("bob", iat=int(time.time()) - 5)
-        assert me(a, token) == 200 and me(b, token) == 200
+        assert me_at(a, token) == 200 and me_at(b, token) == 200
         assert requests.post(f"{a.url}/api/v1/auth/logout", headers=bearer(token), timeout=5).status_code == 204
-        assert me(b, token) == "token_revoked"
-        assert me(a, token) == "token_revoked"
+        assert me_at(b, token) == "token_revoked"
+        assert me_at(a, token) == "token_revoked"
 
         response = requests.post(f"{b.url}/api/v1/admin/users/bob/revoke", headers=bearer(admin), timeout=5)
         assert response.status_code == 200
-        assert me(a, earlier) == "token_revoked"
-        assert me(a, make_token("bob", iat=int(time.time()) + 2)) == 200
+        assert me_at(a, earlier) == "token_revoked"
+        assert me_at(a, make_token("bob", iat=int(time.time()) + 2)) == 200
         assert requests.get(f"{a.url}/readyz", timeout=5).json()["checks"] == {"database": "ok", "redis": "ok"}
 
 
@@ -51,14 +47,14 @@ def test_revoked_tokens_stay_rejected_after_flushall_and_after_a_restart_empty(p
             import redis
 
             redis.Redis.from_url(private_redis.url).flushall()
-            assert me(server, token) == "token_revoked"
-            assert me(server, session_token) == "token_revoked"
+            assert me_at(server, token) == "token_revoked"
+            assert me_at(server, session_token) == "token_revoked"
 
             private_redis.stop()
             private_redis.start()  # same port, no data: a restart without persistence
-            assert me(server, token) == "token_revoked"
-            assert me(server, session_token) == "token_revoked"
-            assert me(server, make_token("alice")) == 200
+            assert me_at(server, token) == "token_revoked"
+            assert me_at(server, session_token) == "token_revoked"
+            assert me_at(server, make_token("alice")) == 200
 
 
 def test_redis_down_is_a_quick_503_never_a_pass(production_env, make_token, app_server):
@@ -66,7 +62,7 @@ def test_redis_down_is_a_quick_503_never_a_pass(production_env, make_token, app_
         env = {**production_env, "REDIS_URL": private_redis.url, "REDIS_SOCKET_TIMEOUT": "0.5"}
         with app_server(env) as server:
             token = make_token("alice")
-            assert me(server, token) == 200
+            assert me_at(server, token) == 200
             private_redis.stop()
             for path in ("/api/v1/auth/me", "/api/v1/tasks"):
                 started = time.monotonic()
@@ -80,7 +76,7 @@ def test_redis_down_is_a_quick_503_never_a_pass(production_env, make_token, app_
             assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 503
             assert requests.get(f"{server.url}/healthz", timeout=10).status_code == 200
             private_redis.start()
-            assert me(server, token) == 200  # recovers by itself
+            assert me_at(server, token) == 200  # recovers by itself
 
 
 def test_redis_on_a_closed_port_is_a_503(production_env, make_token, app_server):
