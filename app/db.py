@@ -135,7 +135,8 @@ class Database:
         self._compiled: WeakKeyDictionary[Executable, DriverStatement | None] = WeakKeyDictionary()
 
     def rows(self, statement: Executable, params: dict[str, Any] | None = None) -> Sequence[Any]:
-        """Run one statement (it commits by itself) and return its rows."""
+        """Run one statement (it commits by itself) and return its rows, read by position (the
+        order of the statement's columns): tuples on psycopg's cursor, SQLAlchemy rows elsewhere."""
         driver = self._driver_statement(statement) if self._on_the_driver else None
         if driver is None:
             with self.engine.connect() as connection:

@@ -15,6 +15,9 @@ from app.services import services
 from tests.conftest import SECRET, encode, me
 from tests.jwks_server import JwksServer, SigningKey
 
+# Every route on both databases: PostgreSQL runs reads on psycopg's cursor (app/db.py).
+pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+
 ISSUER = "https://auth.example.com"
 EVENT = "http://schemas.openid.net/event/backchannel-logout"
 URL = "/api/v1/auth/backchannel-logout"

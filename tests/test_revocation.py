@@ -17,6 +17,9 @@ from app.revocation.targets import RevocationTarget
 from app.services import services
 from tests.conftest import SECRET, answer, bearer, encode, me
 
+# Every route on both databases: PostgreSQL runs reads on psycopg's cursor (app/db.py).
+pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+
 
 @pytest.fixture
 def store(app):

@@ -24,6 +24,7 @@ from app.security.tokens import Principal, token_digest
 from app.services import services
 
 bp = Blueprint("admin", __name__)
+RECORD_FIELDS = tuple(RevocationRecord.model_fields)  # the columns the audit list selects, in order
 
 
 def _actor(principal: Principal) -> str:
@@ -74,7 +75,7 @@ def revoke_token(principal: Principal, body: RevokeTokenRequest):
           query=RevocationListQuery, response=list[RevocationRecord],
           headers={"X-Total-Count": "Number of records matching the filter"})
 def list_revocations(principal: Principal, query: RevocationListQuery):
-    statement = select(*(getattr(Revocation, name) for name in RevocationRecord.model_fields),
+    statement = select(*(getattr(Revocation, name) for name in RECORD_FIELDS),
                        func.count().over().label("total"))
     if query.user_id is not None:
         statement = statement.where(Revocation.user_id == query.user_id)
@@ -83,8 +84,8 @@ def list_revocations(principal: Principal, query: RevocationListQuery):
     rows = services().database.rows(statement.order_by(Revocation.created_at.desc(), Revocation.id.desc())
                                     .limit(query.limit).offset(query.offset))
     if rows:
-        total = rows[0].total
+        total = rows[0][-1]
     else:
         total = services().database.rows(statement.with_only_columns(func.count()))[0][0] if query.offset else 0
-    records = [{name: row._mapping[name] for name in RevocationRecord.model_fields} for row in rows]
+    records = [dict(zip(RECORD_FIELDS, row, strict=False)) for row in rows]  # rows are read by position
     return json_response(records, headers={"X-Total-Count": str(total)})
