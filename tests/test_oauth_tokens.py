@@ -20,6 +20,9 @@ from app.services import services
 from tests.conftest import SECRET, bearer, encode
 from tests.jwks_server import JwksServer, SigningKey
 
+# Every route on both databases: PostgreSQL runs reads on psycopg's cursor (app/db.py).
+pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+
 BETTER_AUTH = "https://auth.example.com"
 OAUTH_ISSUER = f"{BETTER_AUTH}/api/auth"
 RESOURCE = "https://api.example.com"
@@ -268,6 +271,20 @@ def test_a_session_ended_kills_its_oauth_tokens_and_the_audit_names_the_client(c
     assert answer(client, "POST", "/api/v1/auth/logout", logged_out) == 204
     rows = client.get("/api/v1/admin/revocations?user_id=dave", headers=as_user("root", role="admin")).get_json()
     assert [(row["kind"], row["client_id"]) for row in rows] == [("jti", "todo-agent")]
+
+
+def test_a_sign_out_ends_the_oauth_tokens_of_that_session_but_not_a_grant_that_outlives_sessions(client, key, app):
+    """A refreshed OAuth token carries no `sid`: it belongs to the grant, not to a session, so a
+    sign-out (which also ends the user's first-party tokens without a sid) leaves it alone."""
+    of_the_session = oauth_token(key, user="frank", sid="s-frank")
+    refreshed_claims = oauth_claims(user="frank")
+    del refreshed_claims["sid"]
+    refreshed = key.sign(refreshed_claims, {"typ": "at+jwt"})
+    first_party_without_sid = first_party(key, user="frank")
+    assert services(app).store.log_out("https://issuer.test", uuid.uuid4().hex, "frank", "s-frank", time.time(), 600)
+    assert answer(client, "GET", "/api/v1/tasks", of_the_session) == "token_revoked"
+    assert answer(client, "GET", "/api/v1/auth/me", first_party_without_sid) == "token_revoked"
+    assert answer(client, "GET", "/api/v1/tasks", refreshed) == 200
 
 
 def test_the_cli_revokes_an_app_and_a_grant(app, client, key):

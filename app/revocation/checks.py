@@ -72,9 +72,10 @@ def fields_of(principal: Principal) -> dict[int, Fields]:
         at(principal.sid).deny.append(layout.session_field(principal.sid))
     for owner in dict.fromkeys((user, principal.subject)):  # a back-channel logout names the subject
         at(owner).cutoffs.append(layout.cutoff_field(owner))
-        at(owner).sidless.append(layout.sidless_field(owner))
-        if principal.client_id:
+        if principal.client_id:  # an OAuth token without a sid outlives sessions (a refreshed grant)
             at(owner).cutoffs.append(layout.grant_field(owner, principal.client_id))
+        else:
+            at(owner).sidless.append(layout.sidless_field(owner))
     if principal.client_id:
         at(principal.client_id).cutoffs.append(layout.client_field(principal.client_id))
     return buckets
