@@ -8,6 +8,11 @@ export declare const LOGOUT_TOKEN_TYPE: "logout+jwt";
 export declare const RECEIVER_PATH: "/api/v1/auth/backchannel-logout";
 /** The outbox's model (table) in Better Auth's database. */
 export declare const OUTBOX_MODEL: "taskgateOutbox";
+/**
+ * @better-auth/oauth-provider's consent model. Deleting a row of it (a withdrawn consent, or a
+ * deleted client) sends a `{sub, client_id}` logout: the user's grant to that client ended.
+ */
+export declare const CONSENT_MODEL: "oauthConsent";
 /** Seconds added to `maxTokenAge` before a pending logout is given up (taskgate's leeway, clock skew). */
 export declare const GIVE_UP_MARGIN: 600;
 
@@ -53,13 +58,18 @@ export interface TaskgateOutboxOptions {
 export interface UndeliveredLogout {
   sub: string;
   sid?: string;
+  /** A withdrawn OAuth consent (or a deleted client): the client whose tokens of `sub` it ends. */
+  client_id?: string;
   /** The jti of the last logout token sent for it (each attempt is a new token), if any was signed. */
   jti: string | undefined;
   /** When the sign-out happened (NumericDate): the `revoked_before` of its logout tokens. */
   revokedBefore: number;
   /** @deprecated the same as `revokedBefore` (0.1 sent the event's time as `iat`). */
   iat: number;
-  /** The Better Auth endpoint path (e.g. "/sign-out"), or what happened outside an endpoint. */
+  /**
+   * The Better Auth endpoint path (e.g. "/sign-out"), or what happened outside an endpoint
+   * ("consent withdrawn", "client deleted", ...).
+   */
   action: string;
   attempts: number;
   /** The last failure, e.g. "HTTP 503" or "connect ECONNREFUSED". */
@@ -136,6 +146,12 @@ export interface TaskgateOptions {
   onUndelivered?: (logout: UndeliveredLogout) => void | Promise<void>;
   /** The clock, in ms since the epoch (for tests). Default `Date.now`. */
   now?: () => number;
+  /**
+   * With @better-auth/oauth-provider: when a consent is withdrawn, also delete the user's refresh
+   * tokens (and opaque access tokens) of that client in Better Auth, which the provider (1.7.29)
+   * leaves, so that the app cannot mint new access tokens past the withdrawal. Default true.
+   */
+  revokeOAuthGrant?: boolean;
 }
 
 export type TaskgatePlugin = BetterAuthPlugin & {

@@ -10,6 +10,16 @@
 // `banned: true`; `user.update.before` sees the new data but not which user it is, so a ban's
 // own `{sub}` logout is written by `user.update.after`, right after the update.
 //
+// Consent withdrawals (@better-auth/oauth-provider 1.7.29). The provider deletes an
+// `oauthConsent` row with `ctx.context.adapter.delete` (its /oauth2/delete-consent endpoint),
+// i.e. on the raw adapter: no database hook runs for it (Better Auth runs them only through
+// its internal adapter), and a plugin `hooks.after` on the path would miss a deletion made
+// anywhere else. So, when the provider is installed, the plugin watches the adapter itself:
+// its `delete`/`deleteMany` of `oauthConsent` (and of `oauthClient`, whose deletion takes the
+// client's consents with it, ON DELETE CASCADE) read the rows about to go, write one outbox
+// row per consent ({sub: user, client_id}, no sid: the user's grant to that client ended),
+// delete, then make the first attempts, as for sessions.
+//
 // So: each logout is written to the `taskgateOutbox` table by the before hook, through the
 // adapter of the current transaction (it commits or rolls back with the deletion). The after
 // hook makes the first attempt at once (awaited, at most `timeout` per Better Auth call).
@@ -25,6 +35,13 @@ export const BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backcha
 export const LOGOUT_TOKEN_TYPE = "logout+jwt";
 export const RECEIVER_PATH = "/api/v1/auth/backchannel-logout";
 export const OUTBOX_MODEL = "taskgateOutbox";
+/** The OAuth provider's consent model: deleting a row of it ends a user's grant to a client. */
+export const CONSENT_MODEL = "oauthConsent";
+const CLIENT_MODEL = "oauthClient";
+const OAUTH_PROVIDER_ID = "oauth-provider";
+const WATCHED = Symbol.for("taskgate.consentWatch");
+const PAGE = 500; // rows read per query when a client's consents are listed
+const FIRST_ATTEMPTS = 20; // logouts of one deletion attempted at once; the rest go to the outbox loop
 /** Seconds added to `maxTokenAge` before a logout is given up: taskgate's leeway (at most 300 s) and clock skew. */
 export const GIVE_UP_MARGIN = 600;
 
@@ -83,7 +100,8 @@ export function taskgate(options) {
   function toRecord(row) {
     return {
       id: row.id,
-      claims: dropUndefined({ sub: row.sub, sid: row.sid ?? undefined }),
+      claims: dropUndefined({ sub: row.sub, sid: row.sid ?? undefined, client_id: row.clientId ?? undefined }),
+      consentId: row.consentId ?? undefined,
       action: row.action ?? "logout",
       revokedAt: time(row.revokedAt),
       attempts: Number(row.attempts ?? 0),
@@ -97,13 +115,14 @@ export function taskgate(options) {
   // first attempt; if that hook never runs (a crash, a rollback on an adapter without
   // transactions, a vetoed deletion), any instance takes the row when the lease ends and
   // first checks that the deletion really happened (`confirmed: false`).
-  async function insert(claims, action, confirmed, adapter) {
+  async function insert(claims, action, confirmed, adapter, consentId) {
     const now = clock();
     const row = await adapter.create({
       model,
       data: {
         sub: claims.sub,
         sid: claims.sid,
+        ...(claims.client_id !== undefined ? { clientId: claims.client_id, consentId } : {}),
         action,
         revokedAt: at(now),
         confirmed,
@@ -116,10 +135,11 @@ export function taskgate(options) {
     return toRecord(row);
   }
 
-  async function record(entity, claims, action) {
+  async function record(entity, claims, action, adapter) {
     if (!authContext || !durable) return;
     try {
-      written.set(entity, await insert(claims, action, false, await getCurrentAdapter(db())));
+      const into = adapter ?? await getCurrentAdapter(db());
+      written.set(entity, await insert(claims, action, false, into, entity.consentId));
     } catch (error) {
       // On PostgreSQL a failed statement also aborts the transaction around it, so the
       // deletion fails too; elsewhere the after hook writes the row or keeps it in memory.
@@ -164,6 +184,13 @@ export function taskgate(options) {
 
   // A row whose after hook never ran: did the deletion it was written for happen?
   async function deletionHappened(rec) {
+    if (rec.claims.client_id !== undefined) {
+      // A withdrawn consent: that row is gone, or its client is (a client deletion).
+      const consent = rec.consentId === undefined ? null
+        : await db().findOne({ model: CONSENT_MODEL, where: [{ field: "id", value: rec.consentId }] });
+      if (!consent) return true;
+      return !(await db().findOne({ model: CLIENT_MODEL, where: [{ field: "clientId", value: rec.claims.client_id }] }));
+    }
     if (rec.claims.sid) {
       const session = await db().findOne({ model: "session", where: [{ field: "id", value: rec.claims.sid }] });
       // preserveSessionInDatabase keeps the row with expiresAt set to the time it ended
@@ -184,7 +211,7 @@ export function taskgate(options) {
     written.delete(entity);
     if (!rec && durable) {
       try {
-        rec = await insert(claims, action, true, db()); // after the commit: confirmed
+        rec = await insert(claims, action, true, db(), entity.consentId); // after the commit: confirmed
       } catch (error) {
         logOnce(`[taskgate] could not write ${describe({ claims, action })} to the outbox: ${errorText(error)}; `
           + "it is retried from memory only");
@@ -541,9 +568,132 @@ export function taskgate(options) {
     }
   };
 
+  // ---- consent withdrawals -------------------------------------------------------------
+
+  // The OAuth provider deletes consents (and clients) on the raw adapter, where no database
+  // hook runs: the plugin wraps that adapter's delete and deleteMany, in place (the object
+  // keeps its identity: Better Auth keys its schema checks and transactions on it).
+  function watchConsents(ctx) {
+    const provider = ctx.getPlugin?.(OAUTH_PROVIDER_ID);
+    const adapter = ctx.adapter;
+    if (!provider || !adapter || adapter[WATCHED]) return false;
+    const schema = provider.options?.schema ?? {};
+    const consentModels = new Set([CONSENT_MODEL, schema.oauthConsent?.modelName].filter(Boolean));
+    const clientModels = new Set([CLIENT_MODEL, schema.oauthClient?.modelName].filter(Boolean));
+    const consentModel = schema.oauthConsent?.modelName ?? CONSENT_MODEL;
+    const refreshTokenModel = schema.oauthRefreshToken?.modelName ?? "oauthRefreshToken";
+    const accessTokenModel = schema.oauthAccessToken?.modelName ?? "oauthAccessToken";
+    const original = { delete: adapter.delete, deleteMany: adapter.deleteMany };
+
+    // The provider does not end the grant when a consent goes (1.7.29): the app's refresh
+    // tokens keep minting access tokens, newer than the withdrawal, that taskgate would take.
+    // So the user's refresh tokens (and opaque access tokens) of that client go too, as the
+    // provider itself does when it sees a refresh token replayed (its invalidateRefreshFamily).
+    async function endProviderGrants(grants) {
+      const done = new Set();
+      for (const { sub, clientId } of grants) {
+        const key = JSON.stringify([sub, clientId]);
+        if (done.has(key)) continue;
+        done.add(key);
+        const where = [{ field: "clientId", value: clientId }, { field: "userId", value: sub }];
+        await original.deleteMany.call(adapter, { model: accessTokenModel, where });
+        await original.deleteMany.call(adapter, { model: refreshTokenModel, where });
+        await original.deleteMany.call(adapter, { model: accessTokenModel, where }); // minted meanwhile
+      }
+    }
+
+    // Rows written before the deletion and confirmed now that it happened: due at once, for any instance.
+    async function handOver(grants) {
+      for (const grant of grants) {
+        const rec = written.get(grant);
+        written.delete(grant);
+        await db().update({
+          model,
+          where: [{ field: "id", value: rec.id }],
+          update: { confirmed: true, leaseUntil: at(0), leaseOwner: null, nextAttemptAt: at(clock()) },
+        });
+      }
+      wakeIn(0);
+    }
+
+    const allRows = async (query) => {
+      const found = [];
+      for (let offset = 0; ; offset += PAGE) {
+        const page = await adapter.findMany({ ...query, limit: PAGE, offset, sortBy: { field: "id", direction: "asc" } });
+        found.push(...page);
+        if (page.length < PAGE) return found;
+      }
+    };
+
+    // The grants a deletion ends: one per consent about to be deleted (a client's deletion
+    // deletes its consents too). A consent without a user (a reference-only one) has no sub.
+    async function grantsEnding({ model: name, where }) {
+      let consents = [];
+      let why = "consent withdrawn";
+      if (consentModels.has(name)) {
+        consents = await allRows({ model: name, where });
+      } else if (clientModels.has(name)) {
+        why = "client deleted";
+        for (const client of await allRows({ model: name, where })) {
+          if (typeof client.clientId !== "string") continue;
+          consents.push(...await allRows({ model: consentModel, where: [{ field: "clientId", value: client.clientId }] }));
+        }
+      } else {
+        return { grants: [], why };
+      }
+      const grants = consents
+        .filter((consent) => typeof consent.userId === "string" && consent.userId && typeof consent.clientId === "string")
+        .map((consent) => ({ consentId: consent.id, sub: consent.userId, clientId: consent.clientId }));
+      return { grants, why };
+    }
+
+    async function deleting(method, args) {
+      const run = () => original[method].call(adapter, args);
+      if (!authContext) return run();
+      let ending = { grants: [] };
+      try {
+        ending = await grantsEnding(args ?? {});
+      } catch (error) {
+        // e.g. the memory adapter without the table: the deletion itself says what is wrong
+        log.error(`[taskgate] could not read the consents a deletion ends: ${errorText(error)}`);
+      }
+      let { grants } = ending;
+      const { why } = ending;
+      if (!grants.length) return run();
+      const claimsOf = (grant) => ({ sub: grant.sub, client_id: grant.clientId });
+      // Before: in the outbox, unconfirmed (the loop checks that the consent is gone).
+      await Promise.all(grants.map((grant) => quietly(() => record(grant, claimsOf(grant), why, adapter))()));
+      const result = await run();
+      if (consentModels.has(args.model)) {
+        // Exactly the rows that went (a `delete` may take only one of several matches): the
+        // others stay unconfirmed, and the loop drops them once it sees the consent is still there.
+        const left = new Set((await allRows({ model: args.model, where: args.where }).catch(() => [])).map((c) => c.id));
+        grants = grants.filter((grant) => !left.has(grant.consentId));
+        if (config.revokeOAuthGrant) {
+          await endProviderGrants(grants).catch((error) => log.error(
+            `[taskgate] could not revoke the refresh tokens of a withdrawn consent: ${errorText(error)}`));
+        }
+      }
+      // After: the first attempts, together at most `timeout`; past FIRST_ATTEMPTS (a client
+      // with many users) the rest are handed to the loop at once, one request at a time.
+      // (A logout that has no row, e.g. without the outbox, is attempted now whatever the count.)
+      const now = [];
+      const later = [];
+      grants.forEach((grant, i) => (i < FIRST_ATTEMPTS || !written.has(grant) ? now : later).push(grant));
+      await Promise.all(now.map((grant) => quietly(() => logout(grant, claimsOf(grant), undefined, why))()));
+      if (later.length) await quietly(() => handOver(later))();
+      return result;
+    }
+
+    adapter.delete = (args) => deleting("delete", args);
+    adapter.deleteMany = (args) => deleting("deleteMany", args);
+    Object.defineProperty(adapter, WATCHED, { value: true });
+    return true;
+  }
+
   return {
     id: "taskgate",
-    version: "0.2.0",
+    version: "0.3.0",
     ...(durable ? { schema: outboxSchema() } : {}),
     init(ctx) {
       authContext = ctx;
@@ -568,6 +718,10 @@ export function taskgate(options) {
         log.warn("[taskgate] sessions live in secondaryStorage only: Better Auth runs no database hook when "
           + "one ends, so sign-outs and session revocations do not reach taskgate (bans and deletions do). "
           + "Set session.storeSessionInDatabase: true.");
+      }
+      if (watchConsents(ctx)) {
+        log.info("[taskgate] OAuth consents: a withdrawn consent (or a deleted client) reaches taskgate as a "
+          + "{sub, client_id} logout");
       }
       // Deferred: Better Auth (or a migration) may still be setting the database up.
       setTimeout(startLoop, 0).unref?.();
@@ -651,6 +805,9 @@ function outboxSchema() {
         leaseUntil: { type: "date", required: true },
         leaseOwner: { type: "string", required: false },
         lastError: { type: "string", required: false },
+        // A withdrawn OAuth consent: the client (client_id of the logout token) and the consent row.
+        clientId: { type: "string", required: false },
+        consentId: { type: "string", required: false },
       },
     },
   };
@@ -674,6 +831,9 @@ function resolveOptions(options) {
   const outbox = options.outbox === false ? false : { ...DEFAULTS.outbox, ...dropUndefined(options.outbox ?? {}) };
   const now = options.now ?? Date.now;
   if (typeof now !== "function") throw new TypeError("taskgate({ now }) must be a function returning ms");
+  if (options.revokeOAuthGrant !== undefined && typeof options.revokeOAuthGrant !== "boolean") {
+    throw new TypeError("taskgate({ revokeOAuthGrant }) must be a boolean");
+  }
   const config = {
     url: url.href.replace(/\/+$/, ""),
     timeout: positive(options.timeout ?? DEFAULTS.timeout, "timeout"),
@@ -687,6 +847,7 @@ function resolveOptions(options) {
     audience: options.audience,
     logger: options.logger,
     onUndelivered: options.onUndelivered,
+    revokeOAuthGrant: options.revokeOAuthGrant ?? true,
     now,
     ignoredRetryOptions,
   };
@@ -741,7 +902,8 @@ function retryAfterMs(header) {
 }
 
 function describe(rec) {
-  const sid = rec.claims.sid ? ` sid=${rec.claims.sid}` : "";
+  const sid = (rec.claims.sid ? ` sid=${rec.claims.sid}` : "")
+    + (rec.claims.client_id !== undefined ? ` client_id=${rec.claims.client_id}` : "");
   const id = rec.id !== undefined ? ` outbox=${rec.id}` : "";
   return `(${rec.action}: sub=${rec.claims.sub}${sid}${id})`;
 }

@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ PLUGIN_DIR = Path(__file__).resolve().parents[2] / "integrations" / "better-auth
 PLUGIN_FILES = ("package.json", "index.js", "index.d.ts")
 
 ALGORITHMS = ("EdDSA", "ES256", "ES512", "PS256", "RS256")
+# What the issuer's OAuth provider offers (server.mjs, OAUTH_RESOURCE).
+OAUTH_SCOPES = ("openid", "offline_access", "tasks:read", "tasks:write")
+OAUTH_REDIRECT_URI = "http://127.0.0.1:9/callback"  # a native app's loopback callback; never called
 # BetterAuthIssuer(taskgate_options=...) -> the server's environment variable
 TASKGATE_OPTIONS = {
     "timeout_ms": "TASKGATE_TIMEOUT_MS",
@@ -206,6 +210,34 @@ class Session:
 
 
 @dataclass
+class OAuthClient:
+    """A client registered at ``/api/auth/oauth2/register`` (RFC 7591)."""
+
+    client_id: str
+    redirect_uri: str
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Authorization:
+    """The outcome of one authorization request: the code (None if refused), the PKCE verifier,
+    the signed-in session it was given in, and the steps taken (``login``, ``consent``)."""
+
+    code: str | None
+    verifier: str
+    session: Session
+    steps: list[str]
+    callback: str
+
+
+def pkce_pair() -> tuple[str, str]:
+    """A PKCE verifier and its S256 challenge (RFC 7636)."""
+    verifier = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+@dataclass
 class Response:
     status: int
     headers: Any  # http.client.HTTPMessage
@@ -213,6 +245,13 @@ class Response:
 
     def json(self) -> Any:
         return json.loads(self.body.decode("utf-8")) if self.body else None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer to look at (an OAuth flow's next step), not to follow."""
+
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
 
 
 def _free_port() -> int:
@@ -235,6 +274,8 @@ class BetterAuthIssuer:
         taskgate_url: str | None = None,
         taskgate_options: dict[str, int] | None = None,
         database: str | os.PathLike[str] | None = None,
+        oauth_resource: str | None = None,
+        oauth_access_token_ttl: int | None = None,
         port: int | None = None,
         base_url: str | None = None,
         startup_timeout: float = 30.0,
@@ -248,7 +289,10 @@ class BetterAuthIssuer:
         ``database``: a SQLite file (migrated at start) instead of memory, so that what one
         process leaves (sessions, signing keys, the plugin's outbox) is there for the next.
         ``port``: listen there (a restarted issuer keeps its URL, which taskgate trusts) instead of
-        a free port. ``base_url``: BETTER_AUTH_URL, when several processes are one deployment."""
+        a free port. ``base_url``: BETTER_AUTH_URL, when several processes are one deployment.
+        ``oauth_resource``: add @better-auth/oauth-provider with this URL registered as a resource
+        (JWT access tokens with that ``aud``), open dynamic client registration, the scopes
+        ``OAUTH_SCOPES``; ``oauth_access_token_ttl`` their lifetime in seconds (default 300)."""
         if alg not in ALGORITHMS:
             raise ValueError(f"alg must be one of {ALGORITHMS}, not {alg!r}")
         self.alg = alg
@@ -259,6 +303,10 @@ class BetterAuthIssuer:
         if unknown:
             raise ValueError(f"unknown taskgate_options {sorted(unknown)}")
         self.database = os.fspath(database) if database is not None else None
+        if oauth_resource is not None and not jwt_plugin:
+            raise ValueError("the OAuth provider needs the jwt() plugin")
+        self.oauth_resource = oauth_resource.rstrip("/") if oauth_resource else None
+        self.oauth_access_token_ttl = oauth_access_token_ttl
         self.fixed_port = port
         self.base_url = base_url
         self.earlier_logs = ""  # what the processes this one replaced (restart) logged
@@ -347,6 +395,8 @@ class BetterAuthIssuer:
                 "TASKGATE_URL": self.taskgate_url or "",
                 **{TASKGATE_OPTIONS[name]: str(value) for name, value in self.taskgate_options.items()},
                 "ISSUER_DATABASE": self.database or "",
+                "OAUTH_RESOURCE": self.oauth_resource or "",
+                "OAUTH_ACCESS_TOKEN_TTL": str(self.oauth_access_token_ttl or ""),
                 "NODE_ENV": "development",
                 "BETTER_AUTH_TELEMETRY": "0",
                 "EXIT_ON_STDIN_EOF": "1",  # dies with us if we die
@@ -487,19 +537,26 @@ class BetterAuthIssuer:
         *,
         cookies: http.cookiejar.CookieJar | None = None,
         headers: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
+        origin: bool = True,
     ) -> Response:
-        """One HTTP request; never raises for HTTP error statuses."""
+        """One HTTP request; never raises for HTTP error statuses, never follows a redirect.
+        ``form``: an application/x-www-form-urlencoded body (an OAuth token request);
+        ``origin=False``: no Origin header (what a server-side OAuth client sends)."""
         data = None
         hdrs = {"Accept": "application/json"}
         if body is not None:
             data = json.dumps(body).encode("utf-8")
             hdrs["Content-Type"] = "application/json"
-        if method not in ("GET", "HEAD", "OPTIONS"):
+        if form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            hdrs["Content-Type"] = "application/x-www-form-urlencoded"
+        if method not in ("GET", "HEAD", "OPTIONS") and origin:
             # Better Auth validates Origin on state-changing requests.
             hdrs["Origin"] = self.url
         hdrs.update(headers or {})
         req = urllib.request.Request(self.url + path, data=data, headers=hdrs, method=method)
-        handlers: list[Any] = []
+        handlers: list[Any] = [_NoRedirect()]
         if cookies is not None:
             handlers.append(urllib.request.HTTPCookieProcessor(cookies))
         opener = urllib.request.build_opener(*handlers)
@@ -587,6 +644,120 @@ class BetterAuthIssuer:
         """An admin plugin endpoint, e.g. ``admin_call(a, "ban-user", {"userId": ...})``."""
         resp = self._request("POST", f"/api/auth/admin/{action}", body, cookies=admin.cookies)
         return self._expect(resp, f"admin/{action}")
+
+    # -- the OAuth provider (oauth_resource) -------------------------------
+
+    def oauth_register(self, name: str = "agent", redirect_uri: str = OAUTH_REDIRECT_URI,
+                       scope: str | None = None) -> OAuthClient:
+        """Dynamic client registration (RFC 7591), without a session: a public native client
+        (PKCE, no secret) that may use refresh tokens."""
+        body: dict[str, Any] = {
+            "client_name": name, "redirect_uris": [redirect_uri], "token_endpoint_auth_method": "none",
+            "application_type": "native", "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+        }
+        if scope is not None:
+            body["scope"] = scope
+        data = self._expect(self._request("POST", "/api/auth/oauth2/register", body, origin=False),
+                            "oauth2/register", ok=(200, 201))
+        return OAuthClient(data["client_id"], redirect_uri, data)
+
+    def _follow(self, answer: Response, what: str) -> str:
+        """The next URL of a step that answered {redirect, url} (Accept: application/json) or a 302."""
+        if answer.status in (301, 302, 303, 307, 308):
+            return answer.headers["Location"]
+        data = self._expect(answer, what)
+        if not (isinstance(data, dict) and data.get("redirect") and isinstance(data.get("url"), str)):
+            raise IssuerError(f"{what}: no redirect in {data!r}", answer.status, json.dumps(data))
+        return data["url"]
+
+    def oauth_authorize(self, client: OAuthClient, scope: str, resource: str | None = None, *,
+                        session: Session | None = None, email: str | None = None,
+                        password: str = DEFAULT_PASSWORD, accept: bool = True,
+                        state: str | None = None) -> Authorization:
+        """The authorization code flow with PKCE, as a user's browser would go through it: GET
+        /api/auth/oauth2/authorize; without ``session``, the login page (sign-in with the page's
+        signed ``oauth_query``, as ``email``); the consent page if the user has not consented
+        yet (``accept``); then the client's callback URL with the code."""
+        verifier, challenge = pkce_pair()
+        state = state or secrets.token_urlsafe(8)
+        query = {"response_type": "code", "client_id": client.client_id, "redirect_uri": client.redirect_uri,
+                 "scope": scope, "state": state, "code_challenge": challenge, "code_challenge_method": "S256"}
+        if resource is not None:
+            query["resource"] = resource
+        jar = session.cookies if session is not None else http.cookiejar.CookieJar()
+        steps: list[str] = []
+        url = self._follow(self._request("GET", "/api/auth/oauth2/authorize?" + urllib.parse.urlencode(query),
+                                         cookies=jar), "oauth2/authorize")
+        signed_in = session
+        for _ in range(4):
+            parts = urllib.parse.urlsplit(url)
+            if parts.path == "/test/login":
+                if email is None:
+                    raise IssuerError("the provider asks for a login: pass session= or email=")
+                steps.append("login")
+                page = self._request("GET", f"{parts.path}?{parts.query}")
+                assert page.status == 200, page.status
+                answer = self._request("POST", "/api/auth/sign-in/email",
+                                       {"email": email, "password": password, "oauth_query": parts.query}, cookies=jar)
+                url = self._follow(answer, "sign-in with oauth_query")
+                data = answer.json() or {}
+                signed_in = Session(cookies=jar, user=data.get("user") or {}, token=data.get("token"), raw=data)
+            elif parts.path == "/test/consent":
+                steps.append("consent")
+                page = self._request("GET", f"{parts.path}?{parts.query}", cookies=jar)
+                assert page.status == 200, page.status
+                url = self._follow(self._request("POST", "/api/auth/oauth2/consent",
+                                                 {"accept": accept, "oauth_query": parts.query}, cookies=jar),
+                                   "oauth2/consent")
+            else:
+                break
+        callback = urllib.parse.urlsplit(url)
+        if f"{callback.scheme}://{callback.netloc}{callback.path}" != client.redirect_uri:
+            raise IssuerError(f"the flow did not end at the client's callback: {url}")
+        params = urllib.parse.parse_qs(callback.query)
+        if params.get("state") != [state]:
+            raise IssuerError(f"the callback's state does not match: {url}")
+        if signed_in is None:
+            raise IssuerError("no session")
+        if not signed_in.user:
+            body, _ = self.get_session(signed_in)
+            signed_in.user = body["user"]
+        return Authorization(params.get("code", [None])[0], verifier, signed_in, steps, url)
+
+    def oauth_token(self, client: OAuthClient, grant: Authorization, resource: str | None = None) -> dict[str, Any]:
+        """The token request (``authorization_code``, a public client: client_id and the PKCE
+        verifier, no secret, no Origin), naming ``resource`` as the authorization request did."""
+        form = {"grant_type": "authorization_code", "code": grant.code or "", "code_verifier": grant.verifier,
+                "redirect_uri": client.redirect_uri, "client_id": client.client_id}
+        if resource is not None:
+            form["resource"] = resource
+        return self._expect(self._request("POST", "/api/auth/oauth2/token", form=form, origin=False), "oauth2/token")
+
+    def oauth_refresh(self, client: OAuthClient, refresh_token: str, resource: str | None = None) -> Response:
+        """A refresh token request; the raw answer (a refused refresh is a 400 to look at)."""
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client.client_id}
+        if resource is not None:
+            form["resource"] = resource
+        return self._request("POST", "/api/auth/oauth2/token", form=form, origin=False)
+
+    def oauth_consents(self, session: Session) -> list[dict[str, Any]]:
+        """The user's consents (``GET /api/auth/oauth2/get-consents``)."""
+        return self._expect(self._request("GET", "/api/auth/oauth2/get-consents", cookies=session.cookies),
+                            "oauth2/get-consents")
+
+    def oauth_withdraw_consent(self, session: Session, client_id: str) -> None:
+        """The user withdraws the client's consent (``POST /api/auth/oauth2/delete-consent``)."""
+        ids = [c["id"] for c in self.oauth_consents(session) if c["clientId"] == client_id]
+        if len(ids) != 1:
+            raise IssuerError(f"expected one consent for {client_id}, found {len(ids)}")
+        self._expect(self._request("POST", "/api/auth/oauth2/delete-consent", {"id": ids[0]},
+                                   cookies=session.cookies), "oauth2/delete-consent")
+
+    def authorization_server_metadata(self) -> dict[str, Any]:
+        """RFC 8414 metadata of the issuer ``<url>/api/auth``."""
+        return self._expect(self._request("GET", "/.well-known/oauth-authorization-server/api/auth"),
+                            "authorization server metadata")
 
     def taskgate_state(self) -> dict[str, Any]:
         """The taskgate plugin's ``signingMode`` and ``outboxStatus()``: ``pending`` (logouts not

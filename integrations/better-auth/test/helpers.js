@@ -32,7 +32,7 @@ export const emptyDatabase = () => ({ user: [], session: [], account: [], verifi
  * `db`: the memory adapter's database, to run a second instance (or a restarted one) on the same data.
  */
 export function makeAuth({ receiver, jwtPlugin = true, taskgateOptions = {}, url, db = emptyDatabase(),
-  databaseHooks, wrapAdapter = (adapter) => adapter } = {}) {
+  databaseHooks, wrapAdapter = (adapter) => adapter, plugins = [] } = {}) {
   const logger = captureLogger();
   const plugin = taskgate({
     url: url ?? receiver.url,
@@ -51,7 +51,7 @@ export function makeAuth({ receiver, jwtPlugin = true, taskgateOptions = {}, url
     telemetry: { enabled: false },
     logger: { disabled: true },
     ...(databaseHooks ? { databaseHooks } : {}),
-    plugins: [...(jwtPlugin ? [jwt()] : []), admin(), plugin],
+    plugins: [...(jwtPlugin ? [jwt()] : []), admin(), ...plugins, plugin],
   });
   if (receiver) receiver.trust(auth, jwtPlugin);
   return { auth, plugin, logger, db };
@@ -231,7 +231,8 @@ export async function startReceiver({ port = 0 } = {}) {
 
 /** The logout tokens' claims, without the parts that differ per token. */
 export const shapes = (records) => records.map(({ claims }) => {
-  const { sub, sid } = claims;
+  const { sub, sid, client_id: clientId } = claims;
+  if (clientId !== undefined) return sid === undefined ? { sub, client_id: clientId } : { sub, sid, client_id: clientId };
   return sid === undefined ? { sub } : { sub, sid };
 });
 

@@ -41,7 +41,8 @@ test("the plugin declares its outbox table; outbox: false or retry: false declar
   const plugin = taskgate({ url: "http://127.0.0.1:9" });
   assert.deepEqual(Object.keys(plugin.schema), [OUTBOX_MODEL]);
   assert.deepEqual(Object.keys(plugin.schema[OUTBOX_MODEL].fields).sort(), [
-    "action", "attempts", "confirmed", "lastError", "leaseOwner", "leaseUntil", "nextAttemptAt", "revokedAt", "sid", "sub",
+    "action", "attempts", "clientId", "confirmed", "consentId", "lastError", "leaseOwner", "leaseUntil", "nextAttemptAt",
+    "revokedAt", "sid", "sub",
   ]);
   assert.equal(taskgate({ url: "http://127.0.0.1:9", outbox: false }).schema, undefined);
   assert.equal(taskgate({ url: "http://127.0.0.1:9", retry: false }).schema, undefined);
@@ -249,7 +250,10 @@ test("while taskgate is down one probe goes out per pass, not one per pending lo
   receiver.answer(...Array(1000).fill(503));
   for (const u of users) await u.browser.post("/sign-out");
   const firstAttempts = receiver.tokens.length;
-  assert.equal(firstAttempts, 5);
+  // Each sign-out made its first attempt (on a loaded machine a probe of the loop, woken by the
+  // first failure, may slip in between them).
+  assert.deepEqual(new Set(receiver.tokens.map((r) => r.claims.sub)), new Set(users.map((u) => u.user.id)));
+  assert.ok(firstAttempts >= 5 && firstAttempts <= 7, `${firstAttempts} requests for 5 sign-outs`);
 
   await sleep(1000);
   const probes = receiver.tokens.length - firstAttempts;

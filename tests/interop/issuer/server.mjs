@@ -20,6 +20,14 @@
 //   ISSUER_DATABASE      a SQLite file (better-sqlite3, through Better Auth's Kysely adapter),
 //                        migrated at start: what the process leaves there (sessions, keys,
 //                        the taskgate outbox) is there for the next one. Unset: in memory.
+//   OAUTH_RESOURCE       add @better-auth/oauth-provider (an OAuth 2.1 / OpenID provider beside
+//                        the jwt() plugin, which it needs) with this URL registered as a
+//                        resource (RFC 8707): a token request naming it gets an RFC 9068 JWT
+//                        access token with that `aud`. Scopes: openid offline_access
+//                        tasks:read tasks:write; dynamic client registration open (RFC 7591,
+//                        no session needed), every new client linked to the resource; login
+//                        page /test/login, consent page /test/consent.
+//   OAUTH_ACCESS_TOKEN_TTL  seconds an access token lives (default 300)
 //
 // Harness-only endpoints (outside /api/auth):
 //   GET  /test/health        200 {"ok":true} once ready
@@ -30,6 +38,11 @@
 //   GET  /test/taskgate      the taskgate plugin's state: {signingMode, pending, oldestAgeSeconds,
 //                            durable, adapter, inFlight, failing, ...} (its outboxStatus())
 //   POST /test/taskgate/settle  wait (at most {"timeoutMs"}) until nothing is pending; {pending}
+//   GET  /.well-known/oauth-authorization-server/api/auth  (OAUTH_RESOURCE) RFC 8414 metadata
+//   GET  /test/login, /test/consent  the OAuth provider's login and consent pages (OAUTH_RESOURCE):
+//                        a form that says what to POST (the page's query string is the signed
+//                        `oauth_query`): /api/auth/sign-in/email {email, password, oauth_query},
+//                        /api/auth/oauth2/consent {accept, oauth_query}; both answer {redirect, url}
 //
 // Logs go to stderr; exactly one line "READY <port>" goes to stdout.
 
@@ -46,6 +59,14 @@ import { SignJWT } from "jose";
 // Only when asked for: the interop tests that do not need it keep working without it.
 const TASKGATE_URL = process.env.TASKGATE_URL || "";
 const { taskgate } = TASKGATE_URL ? await import("@taskgate/better-auth") : {};
+
+const OAUTH_RESOURCE = (process.env.OAUTH_RESOURCE || "").replace(/\/+$/, "");
+const OAUTH_ACCESS_TOKEN_TTL = Number(process.env.OAUTH_ACCESS_TOKEN_TTL || 300);
+const { oauthProvider } = OAUTH_RESOURCE ? await import("@better-auth/oauth-provider") : {};
+// The models the provider uses (the memory adapter needs each one listed).
+const OAUTH_MODELS = ["oauthClient", "oauthResource", "oauthClientResource", "oauthRefreshToken", "oauthAccessToken",
+  "oauthConsent", "oauthClientAssertion"];
+const OAUTH_SCOPES = ["openid", "offline_access", "tasks:read", "tasks:write"];
 
 const log = (...args) => console.error("[issuer]", ...args);
 
@@ -76,6 +97,14 @@ if (!keyPairConfig) {
 }
 const DEFINE_PAYLOAD = process.env.DEFINE_PAYLOAD === "1";
 const JWT_PLUGIN = process.env.JWT_PLUGIN !== "0";
+if (OAUTH_RESOURCE && !JWT_PLUGIN) {
+  log("OAUTH_RESOURCE needs the jwt() plugin (the provider signs its JWT access tokens with its keys)");
+  process.exit(2);
+}
+if (!Number.isInteger(OAUTH_ACCESS_TOKEN_TTL) || OAUTH_ACCESS_TOKEN_TTL <= 0) {
+  log("OAUTH_ACCESS_TOKEN_TTL must be a positive number of seconds");
+  process.exit(2);
+}
 const TRUSTED_ORIGINS = (process.env.TRUSTED_ORIGINS || "")
   .split(",")
   .map((s) => s.trim().replace(/\/+$/, ""))
@@ -126,8 +155,29 @@ if (DATABASE_FILE) {
   database = new Database(DATABASE_FILE, { timeout: 5000 });
   database.pragma("journal_mode = WAL"); // several processes on one file (multi-instance tests)
 } else {
-  database = memoryAdapter({ user: [], session: [], account: [], verification: [], jwks: [], taskgateOutbox: [] });
+  database = memoryAdapter({
+    user: [], session: [], account: [], verification: [], jwks: [], taskgateOutbox: [],
+    ...(OAUTH_RESOURCE ? Object.fromEntries(OAUTH_MODELS.map((model) => [model, []])) : {}),
+  });
 }
+
+// The OAuth provider: what the README's "Let third-party apps and agents in" configures.
+const oauthPlugin = OAUTH_RESOURCE
+  ? oauthProvider({
+      loginPage: "/test/login",
+      consentPage: "/test/consent",
+      scopes: OAUTH_SCOPES,
+      // RFC 7591 at /api/auth/oauth2/register, without a session (an agent registers itself).
+      allowDynamicClientRegistration: true,
+      allowUnauthenticatedClientRegistration: true,
+      // The API as a resource (RFC 8707): `resource=<OAUTH_RESOURCE>` on the authorization and
+      // token requests gives a JWT access token with `aud` naming it. Clients must be linked to
+      // a resource (enforcePerClientResources, on by default): every new one is.
+      resources: [{ identifier: OAUTH_RESOURCE, name: "taskgate", accessTokenTtl: OAUTH_ACCESS_TOKEN_TTL }],
+      clientRegistrationDefaultResources: [OAUTH_RESOURCE],
+      accessTokenExpiresIn: OAUTH_ACCESS_TOKEN_TTL,
+    })
+  : null;
 
 const options = {
   baseURL: BASE_URL,
@@ -144,7 +194,12 @@ const options = {
   logger: {
     log: (level, message, ...args) => log(`${level}:`, message, ...args),
   },
-  plugins: [...(JWT_PLUGIN ? [jwt(jwtOptions)] : []), admin(), ...(taskgatePlugin ? [taskgatePlugin] : [])],
+  plugins: [
+    ...(JWT_PLUGIN ? [jwt(jwtOptions)] : []),
+    admin(),
+    ...(oauthPlugin ? [oauthPlugin] : []),
+    ...(taskgatePlugin ? [taskgatePlugin] : []),
+  ],
 };
 
 if (DATABASE_FILE) {
@@ -207,11 +262,34 @@ function readJson(req, limit = 64 * 1024) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+// The provider's login and consent pages. A real app renders forms; a test (or curl) posts the
+// page's query string, as `oauth_query`, to Better Auth's endpoints named here.
+function oauthPage(res, pathname, query) {
+  const params = new URLSearchParams(query);
+  const login = pathname === "/test/login";
+  const body = login
+    ? `<h1>Sign in</h1><p>POST /api/auth/sign-in/email {"email", "password", "oauth_query"}</p>`
+    : `<h1>Allow ${escapeHtml(params.get("client_id"))}?</h1><p>Scopes: ${escapeHtml(params.get("scope"))}; `
+      + `resource: ${escapeHtml(params.getAll("resource").join(" "))}</p>`
+      + `<p>POST /api/auth/oauth2/consent {"accept": true, "oauth_query"}</p>`;
+  const html = `<!doctype html><meta charset="utf-8"><title>${login ? "Sign in" : "Consent"}</title>${body}`
+    + `<pre id="oauth_query">${escapeHtml(query)}</pre>`;
+  res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" });
+  res.end(html);
+}
+
 async function handleTest(req, res, pathname) {
   if (pathname === "/test/health" && req.method === "GET") {
     return sendJson(res, 200, {
       ok: true, alg: JWT_PLUGIN ? JWT_ALG : null, definePayload: DEFINE_PAYLOAD, taskgate: TASKGATE_URL || null,
+      oauth: OAUTH_RESOURCE ? { resource: OAUTH_RESOURCE, scopes: OAUTH_SCOPES, accessTokenTtl: OAUTH_ACCESS_TOKEN_TTL } : null,
     });
+  }
+  if ((pathname === "/test/login" || pathname === "/test/consent") && req.method === "GET") {
+    if (!OAUTH_RESOURCE) return sendJson(res, 404, { error: "OAUTH_RESOURCE not set" });
+    return oauthPage(res, pathname, new URL(req.url, BASE_URL).search.slice(1));
   }
   if (pathname === "/test/make-admin" && req.method === "POST") {
     const { userId } = await readJson(req);
@@ -289,6 +367,9 @@ const server = http.createServer(async (req, res) => {
       }
       return await authHandler(req, res);
     }
+    // RFC 8414: the authorization server's metadata for the issuer <BASE_URL>/api/auth is at
+    // /.well-known/oauth-authorization-server/api/auth (the provider answers it).
+    if (oauthPlugin && pathname.startsWith("/.well-known/")) return await authHandler(req, res);
     return sendJson(res, 404, { error: "not found" });
   } catch (err) {
     log("handler error:", err?.stack || err);
@@ -302,7 +383,8 @@ await auth.$context;
 
 server.listen(PORT, "127.0.0.1", () => {
   log(`Better Auth issuer listening on ${BASE_URL} (alg=${JWT_ALG}, definePayload=${DEFINE_PAYLOAD}, `
-    + `trustedOrigins=${JSON.stringify(TRUSTED_ORIGINS)}, database=${DATABASE_FILE || "memory"})`);
+    + `trustedOrigins=${JSON.stringify(TRUSTED_ORIGINS)}, database=${DATABASE_FILE || "memory"}, `
+    + `oauth=${OAUTH_RESOURCE ? `resource ${OAUTH_RESOURCE}, ttl ${OAUTH_ACCESS_TOKEN_TTL}s` : "off"})`);
   process.stdout.write(`READY ${PORT}\n`);
 });
 

@@ -2,7 +2,8 @@
 // better-auth's own types, and misuse of the options is a type error.
 import { betterAuth } from "better-auth";
 import { admin, jwt } from "better-auth/plugins";
-import { taskgate, type TaskgateOutboxStatus, type TaskgatePlugin, type UndeliveredLogout } from "@taskgate/better-auth";
+import { oauthProvider } from "@better-auth/oauth-provider";
+import { CONSENT_MODEL, taskgate, type TaskgateOutboxStatus, type TaskgatePlugin, type UndeliveredLogout } from "@taskgate/better-auth";
 
 const plugin: TaskgatePlugin = taskgate({ url: "http://127.0.0.1:8000" });
 
@@ -25,11 +26,32 @@ export const sharedSecret = betterAuth({
         const id: string = logout.sub;
         const sid: string | undefined = logout.sid;
         const cutoff: number = logout.revokedBefore;
-        void id, sid, cutoff;
+        const client: string | undefined = logout.client_id; // a withdrawn OAuth consent
+        void id, sid, cutoff, client;
       },
     }),
   ],
 });
+
+// The README's OAuth set-up: the provider's consents are watched by the same plugin.
+export const withOAuthProvider = betterAuth({
+  emailAndPassword: { enabled: true },
+  plugins: [
+    jwt(),
+    oauthProvider({
+      loginPage: "/sign-in",
+      consentPage: "/consent",
+      scopes: ["openid", "offline_access", "tasks:read", "tasks:write"],
+      allowDynamicClientRegistration: true,
+      allowUnauthenticatedClientRegistration: true,
+      resources: [{ identifier: "https://api.example.com", accessTokenTtl: 300 }],
+      clientRegistrationDefaultResources: ["https://api.example.com"],
+      accessTokenExpiresIn: 300,
+    }),
+    taskgate({ url: "http://taskgate.internal:8000", revokeOAuthGrant: true }),
+  ],
+});
+export const consentModel: "oauthConsent" = CONSENT_MODEL;
 
 export const disabledRetries = taskgate({ url: "https://taskgate.example.com", retry: false, signing: "hs256" });
 
