@@ -10,7 +10,7 @@
 # PYTHON_IMAGE is any Debian bookworm image with Python 3.11 and venv: the
 # official python:3.11-slim-bookworm, or one made from Debian packages
 # (debootstrap with python3, python3-venv and python-is-python3, then
-# `docker import`; tests/containers.py does that where no registry is reachable).
+# `docker import`; tests/support/containers.py does that where no registry is reachable).
 # Both stages must use the same base image: the virtualenv copied from the
 # builder points at the base image's python3.11.
 ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm

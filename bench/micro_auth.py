@@ -26,8 +26,8 @@ import redis  # noqa: E402
 
 from app.factory import create_app  # noqa: E402
 from tests.conftest import SECRET, bearer, encode  # noqa: E402
-from tests.jwks_server import JwksServer, SigningKey  # noqa: E402
-from tests.servers import free_port, wait_until  # noqa: E402
+from tests.support.jwks_server import JwksServer, SigningKey  # noqa: E402
+from tests.support.servers import free_port, wait_until  # noqa: E402
 
 
 def per_request_us(client, headers, n: int) -> float:

@@ -34,7 +34,7 @@ from app.revocation.layout import BUCKETS, bucket_of  # noqa: E402
 from app.security.tokens import principal_from_claims  # noqa: E402
 from app.services import services  # noqa: E402
 from bench.run import PG_ADMIN_URL  # noqa: E402
-from tests.servers import RedisServer  # noqa: E402
+from tests.support.servers import RedisServer  # noqa: E402
 
 
 def seed(plain_url: str, rows: int) -> str:

@@ -4,7 +4,7 @@
     .venv/bin/python bench/redis_commands.py
 
 Starts a standalone Redis, a Sentinel set and a three-master Cluster on loopback (the test
-harness, tests/redis_topologies.py), and for each one prints what a warmed-up app sends for
+harness, tests/support/redis_topologies.py), and for each one prints what a warmed-up app sends for
 one GET /api/v1/auth/me: a Better Auth token (no jti, no sid), one with a jti, and one with a
 jti and a sid. Needs PostgreSQL on 127.0.0.1:5432 (a fresh database, dropped at the end).
 """
@@ -24,9 +24,9 @@ from app.cli import alembic_config  # noqa: E402
 from app.factory import create_app  # noqa: E402
 from app.services import services  # noqa: E402
 from tests.conftest import encode  # noqa: E402
-from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet  # noqa: E402
-from tests.servers import RedisMonitor  # noqa: E402
-from tests.services import create_postgres_database  # noqa: E402
+from tests.support.redis_topologies import ClusterSet, PersistentRedis, SentinelSet  # noqa: E402
+from tests.support.servers import RedisMonitor  # noqa: E402
+from tests.support.services import create_postgres_database  # noqa: E402
 
 
 def tokens(secret: str) -> dict[str, str]:

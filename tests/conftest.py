@@ -17,7 +17,7 @@ from alembic import command
 from app.cli import alembic_config
 from app.factory import create_app
 from app.services import services
-from tests.services import create_postgres_database
+from tests.support.services import create_postgres_database
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 TokenFactory = Callable[..., str]
@@ -31,7 +31,7 @@ def upgrade(url: str) -> None:
 def node_ready() -> None:
     """Node.js and the pinned better-auth package, for the interop and browser tests."""
     from tests.interop.issuer import ensure_installed, node_available
-    from tests.services import unavailable
+    from tests.support.services import unavailable
 
     ok, reason = node_available()
     if not ok:

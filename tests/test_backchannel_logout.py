@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from app.services import services
 from tests.conftest import SECRET, encode, me
-from tests.jwks_server import JwksServer, SigningKey
+from tests.support.jwks_server import JwksServer, SigningKey
 
 # Every route on both databases: PostgreSQL runs reads on psycopg's cursor (app/db.py).
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)

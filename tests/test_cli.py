@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from app.factory import create_app
 from tests.conftest import SECRET, bearer
-from tests.servers import ROOT, TcpProxy
+from tests.support.servers import ROOT, TcpProxy
 
 
 def test_token_mint_prints_a_token_the_api_accepts(app, client):

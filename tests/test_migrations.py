@@ -11,7 +11,7 @@ from alembic.migration import MigrationContext
 
 from app.cli import alembic_config
 from app.models import Base
-from tests.services import create_postgres_database
+from tests.support.services import create_postgres_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from app.security.dpop import thumbprint
 from app.services import services
 from tests.conftest import SECRET, bearer, encode
-from tests.jwks_server import JwksServer, SigningKey
+from tests.support.jwks_server import JwksServer, SigningKey
 
 # Every route on both databases: PostgreSQL runs reads on psycopg's cursor (app/db.py).
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)

@@ -13,7 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SECRET, bearer
-from tests.servers import ROOT, free_port, wait_until
+from tests.support.servers import ROOT, free_port, wait_until
 
 
 def access_records(caplog) -> list[dict]:

@@ -15,7 +15,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from tests.conftest import SECRET
-from tests.servers import ROOT
+from tests.support.servers import ROOT
 
 
 def declared() -> list[Requirement]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from tests.containers import BASE_MIRROR, BASE_PACKAGES, BASE_SUITE
 from tests.integration.test_container import RUN_OPTIONS
-from tests.nginx import SUBSTITUTED
-from tests.servers import ROOT
+from tests.support.containers import BASE_MIRROR, BASE_PACKAGES, BASE_SUITE
+from tests.support.nginx import SUBSTITUTED
+from tests.support.servers import ROOT
 
 DEPLOY = ROOT / "docs" / "DEPLOY.md"
 

@@ -14,7 +14,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
-from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
+from tests.support.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import redis
 
 from app.services import services
 from tests.conftest import bearer, me
-from tests.servers import RedisMonitor, RedisServer
-from tests.services import require_redis
+from tests.support.servers import RedisMonitor, RedisServer
+from tests.support.services import require_redis
 
 
 @pytest.fixture

@@ -40,8 +40,8 @@ from app.errors import ServiceUnavailable
 from app.factory import build_services
 from app.security.tokens import principal_from_claims, token_digest
 from app.services import Services
-from tests.redis_topologies import PersistentRedis
-from tests.services import require_redis
+from tests.support.redis_topologies import PersistentRedis
+from tests.support.services import require_redis
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("REVOCATION_MODEL_EXAMPLES", "12"))

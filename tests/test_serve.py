@@ -12,7 +12,7 @@ import pytest
 
 import serve
 from app.config import cpus_available, load_server_settings
-from tests.servers import ROOT
+from tests.support.servers import ROOT
 
 SERVE_VARIABLES = ("SERVER", "GRANIAN_WORKERS", "GUNICORN_WORKERS", "WEB_CONCURRENCY", "GRANIAN_BLOCKING_THREADS",
                    "GUNICORN_THREADS", "GUNICORN_BACKLOG", "GRANIAN_BACKPRESSURE", "GRANIAN_HEADER_TIMEOUT",

@@ -12,7 +12,7 @@ import pytest
 
 from app.config import ConfigError, entropy_bits, load_settings
 from tests.conftest import SECRET
-from tests.servers import ROOT
+from tests.support.servers import ROOT
 
 PRODUCTION = {"APP_ENV": "production", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",
               "REDIS_URL": "redis://127.0.0.1:1/0", "BETTER_AUTH_SECRET": SECRET, "BETTER_AUTH_URL": "",

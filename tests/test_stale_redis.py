@@ -11,8 +11,8 @@ import pytest
 
 from app.revocation.layout import bucket_of
 from tests.conftest import bearer, me
-from tests.redis_topologies import PersistentRedis
-from tests.services import require_redis
+from tests.support.redis_topologies import PersistentRedis
+from tests.support.services import require_redis
 
 pytestmark = pytest.mark.integration
 

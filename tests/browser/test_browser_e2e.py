@@ -32,8 +32,8 @@ import pytest
 import requests
 
 from tests.interop.issuer import BetterAuthIssuer
-from tests.servers import Gunicorn
-from tests.services import redis_key_prefix, require_redis, unavailable
+from tests.support.servers import Gunicorn
+from tests.support.services import redis_key_prefix, require_redis, unavailable
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from app.config import SERVERS
-from tests import servers
 from tests.conftest import SECRET, emptied
-from tests.servers import METRICS_TOKEN  # noqa: F401 - the tests read it from here
-from tests.services import redis_key_prefix, require_redis
+from tests.support import servers
+from tests.support.servers import METRICS_TOKEN  # noqa: F401 - the tests read it from here
+from tests.support.services import redis_key_prefix, require_redis
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SECRET, bearer
-from tests.containers import Dockerd, build_image, ensure_base_image, image_size
-from tests.servers import ROOT, free_port, post_across_a_sigterm, tasks_titled, wait_until
-from tests.services import create_postgres_database, redis_key_prefix, require_redis
+from tests.support.containers import Dockerd, build_image, ensure_base_image, image_size
+from tests.support.servers import ROOT, free_port, post_across_a_sigterm, tasks_titled, wait_until
+from tests.support.services import create_postgres_database, redis_key_prefix, require_redis
 
 pytestmark = pytest.mark.integration
 

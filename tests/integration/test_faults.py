@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from tests.conftest import bearer
-from tests.servers import AppServer, RedisServer, TcpProxy
+from tests.support.servers import AppServer, RedisServer, TcpProxy
 
 pytestmark = pytest.mark.integration
 

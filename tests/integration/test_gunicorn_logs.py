@@ -17,7 +17,7 @@ import requests
 from app.config import ConfigError
 from app.logs import JsonFormatter as AppJsonFormatter
 from tests.conftest import bearer
-from tests.servers import ROOT, free_port, wait_until
+from tests.support.servers import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 CONF = ROOT / "gunicorn.conf.py"
@@ -58,7 +58,7 @@ def served_output(postgres_url: str) -> Iterator[str]:
     """gunicorn started as the image starts it, WEB_CONCURRENCY=3 and its access log on; its
     stdout and stderr once it has served a few requests and stopped."""
     from tests.conftest import SECRET
-    from tests.services import redis_key_prefix, require_redis
+    from tests.support.services import redis_key_prefix, require_redis
 
     with redis_key_prefix("taskgate-logs") as prefix:
         port = free_port()

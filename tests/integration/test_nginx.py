@@ -1,5 +1,5 @@
 """nginx in front of the app (gunicorn or granian), the documented production topology, with the repo's configuration
-(tests/nginx.py): slow clients are held at nginx, instances are balanced and a dead one is
+(tests/support/nginx.py): slow clients are held at nginx, instances are balanced and a dead one is
 routed around, the client's address reaches the app, and what must not pass does not."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from tests.conftest import bearer
-from tests.nginx import Nginx
-from tests.servers import AppServer
+from tests.support.nginx import Nginx
+from tests.support.servers import AppServer
 
 pytestmark = pytest.mark.integration
 

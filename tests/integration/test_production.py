@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.cli import alembic_config
 from tests.conftest import bearer
 from tests.integration.conftest import METRICS_TOKEN
-from tests.servers import ROOT, Gunicorn, free_port, wait_until
-from tests.services import create_postgres_database
+from tests.support.servers import ROOT, Gunicorn, free_port, wait_until
+from tests.support.services import create_postgres_database
 
 pytestmark = pytest.mark.integration
 
@@ -172,7 +172,7 @@ def test_entrypoint_gives_up_on_an_unreachable_database_without_leaking_the_url(
 @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
 def test_production_refuses_a_redis_that_evicts_keys(production_env, policy):
     from app.factory import ConfigError, create_app
-    from tests.servers import RedisServer
+    from tests.support.servers import RedisServer
 
     with RedisServer() as private_redis:
         import redis

@@ -17,8 +17,8 @@ import requests
 
 from app.config import SERVERS
 from tests.conftest import bearer, me_at
-from tests.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
-from tests.servers import AppServer, RedisServer
+from tests.support.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
+from tests.support.servers import AppServer, RedisServer
 
 pytestmark = pytest.mark.integration
 SERVED_AGAIN_WITHIN = 15.0

@@ -20,9 +20,10 @@ import requests
 import sqlalchemy as sa
 
 from app.revocation.layout import bucket_of
-from tests.integration.test_redis_topologies import instances, me
-from tests.redis_topologies import RedisNode
-from tests.servers import ROOT, AppServer, free_port
+from tests.conftest import me_at
+from tests.integration.test_redis_topologies import instances
+from tests.support.redis_topologies import RedisNode
+from tests.support.servers import ROOT, AppServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,7 @@ def test_a_database_that_lost_its_newest_rows_reuses_no_sequence_and_gets_them_b
         time.sleep(3)  # past REVOCATION_SYNC_SECONDS
         assert logout(servers[1], second) == 204
 
-        answers = [(server.server, me(server, token)) for server in servers for token in (first, second)
+        answers = [(server.server, me_at(server, token)) for server in servers for token in (first, second)
                    for _ in range(6)]
         assert {answer for _, answer in answers} == {"token_revoked"}, answers
         rows = sql(production_env["DATABASE_URL"], "SELECT user_id, bucket, seq FROM revocations ORDER BY id")
@@ -108,7 +109,7 @@ def test_a_policy_switched_at_run_time_and_real_evictions_never_let_a_revoked_to
         node.call("DEBUG", "POPULATE", "400000", "filler", "100")  # far past maxmemory
         evicted = int(node.call("INFO", "stats", decode_responses=True)["evicted_keys"])
         assert evicted > 0
-        answers = [(server.server, me(server, token)) for token in tokens for server in servers]
+        answers = [(server.server, me_at(server, token)) for token in tokens for server in servers]
         assert 200 not in {answer for _, answer in answers}, answers
         time.sleep(1)  # a periodic look at Redis's INFO: the policy and the evictions are logged
         logs = "".join(server.output() for server in servers)
@@ -116,9 +117,9 @@ def test_a_policy_switched_at_run_time_and_real_evictions_never_let_a_revoked_to
         node.call("FLUSHDB")  # room again: the denylist is rebuilt from the table
         node.call("CONFIG", "SET", "maxmemory-policy", "noeviction")
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(me(s, tokens[0]) != "token_revoked" for s in servers):
+        while time.monotonic() < deadline and any(me_at(s, tokens[0]) != "token_revoked" for s in servers):
             time.sleep(0.2)
-        answers = [(server.server, me(server, token)) for token in tokens for server in servers]
+        answers = [(server.server, me_at(server, token)) for token in tokens for server in servers]
         assert {answer for _, answer in answers} == {"token_revoked"}, answers
 
 
@@ -137,7 +138,7 @@ def test_ten_rollbacks_under_load_on_two_instances_never_accept_a_revoked_token(
             while not stop.is_set():
                 for token, _ in [*revoked, (good, 0.0)]:
                     sent = time.monotonic()
-                    seen.append((server.server, token, sent, me(server, token)))
+                    seen.append((server.server, token, sent, me_at(server, token)))
 
         threads = [threading.Thread(target=hammer, args=(server,)) for server in servers for _ in range(2)]
         for thread in threads:
@@ -145,7 +146,7 @@ def test_ten_rollbacks_under_load_on_two_instances_never_accept_a_revoked_token(
         try:
             for round_ in range(10):
                 token = make_token(f"rollback-{round_}")
-                assert me(servers[round_ % 2], token) == 200
+                assert me_at(servers[round_ % 2], token) == 200
                 node.call("SAVE")
                 assert logout(servers[round_ % 2], token) == 204
                 revoked.append((token, time.monotonic()))

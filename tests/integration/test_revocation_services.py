@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.conftest import bearer, me_at
-from tests.servers import RedisServer
+from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def test_redis_down_is_a_quick_503_never_a_pass(production_env, make_token, app_
 
 
 def test_redis_on_a_closed_port_is_a_503(production_env, make_token, app_server):
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     env = {**production_env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     with app_server(env) as server:

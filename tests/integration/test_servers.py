@@ -14,7 +14,7 @@ import requests
 
 from tests.conftest import bearer
 from tests.integration.conftest import METRICS_TOKEN
-from tests.servers import AppServer, post_across_a_sigterm, tasks_titled
+from tests.support.servers import AppServer, post_across_a_sigterm, tasks_titled
 
 pytestmark = pytest.mark.integration
 

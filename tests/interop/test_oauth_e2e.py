@@ -34,8 +34,8 @@ from tests.interop.issuer import (
     Session,
     decode_unverified,
 )
-from tests.servers import AppServer, production_env
-from tests.services import redis_key_prefix, require_redis
+from tests.support.servers import AppServer, production_env
+from tests.support.services import redis_key_prefix, require_redis
 
 pytestmark = pytest.mark.integration
 

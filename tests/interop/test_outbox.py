@@ -33,8 +33,8 @@ from serve import SERVERS
 from tests.conftest import bearer
 from tests.interop.conftest import new_email
 from tests.interop.issuer import BetterAuthIssuer
-from tests.servers import AppServer, free_port, production_env, wait_until
-from tests.services import redis_key_prefix, require_redis
+from tests.support.servers import AppServer, free_port, production_env, wait_until
+from tests.support.services import redis_key_prefix, require_redis
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.servers import ROOT, free_port, wait_until
-from tests.services import unavailable
+from tests.support.servers import ROOT, free_port, wait_until
+from tests.support.services import unavailable
 
 NGINX = Path("/usr/sbin/nginx")
 TEMPLATE = ROOT / "deploy" / "nginx" / "templates" / "default.conf.template"

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.services import unavailable
+from tests.support.services import unavailable
 
 DOCKERD = Path("/usr/sbin/dockerd")
 DOCKER = Path("/usr/bin/docker")

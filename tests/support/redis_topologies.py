@@ -20,8 +20,8 @@ from typing import Any, Self
 
 import redis
 
-from tests.servers import free_port
-from tests.services import unavailable
+from tests.support.servers import free_port
+from tests.support.services import unavailable
 
 Address = tuple[str, int]
 HOST = "127.0.0.1"

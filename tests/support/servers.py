@@ -18,9 +18,9 @@ from pathlib import Path
 
 import requests
 
-from tests.services import unavailable
+from tests.support.services import unavailable
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 METRICS_TOKEN = "metrics-token-for-the-tests-0123456789"
