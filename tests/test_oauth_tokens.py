@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.security.dpop import thumbprint
 from app.services import services
-from tests.conftest import SECRET, bearer, encode
+from tests.conftest import SECRET, answer, bearer, encode
 from tests.support.jwks_server import JwksServer, SigningKey
 
 # Every route on both databases: PostgreSQL runs reads on psycopg's cursor (app/db.py).
@@ -63,9 +63,9 @@ def first_party(key: SigningKey, user: str = "alice", **extra) -> str:
     return key.sign({"sub": user, "iss": BETTER_AUTH, "aud": BETTER_AUTH, "iat": now, "exp": now + 600, **extra})
 
 
-def answer(client, method: str, path: str, token: str, **kwargs) -> int | str:
-    response = client.open(path, method=method, headers=bearer(token), **kwargs)
-    return response.status_code if response.status_code < 400 else response.get_json()["code"]
+def call(client, method: str, path: str, token: str, **kwargs) -> int | str:
+    """What the route answers this token: its success status, or the error's stable code."""
+    return answer(client.open(path, method=method, headers=bearer(token), **kwargs))
 
 
 # --- which tokens pass -----------------------------------------------------------------------
@@ -89,18 +89,18 @@ def test_an_oauth_token_for_this_api_is_accepted_and_says_who_acts(client, key):
 def test_an_oauth_token_made_for_something_else_is_refused(client, key, change, why):
     claims = {**oauth_claims(), **change}
     token = key.sign({k: v for k, v in claims.items() if v is not None}, {"typ": "at+jwt"})
-    assert answer(client, "GET", "/api/v1/auth/me", token) in ("invalid_token", "token_expired"), why
+    assert call(client, "GET", "/api/v1/auth/me", token) in ("invalid_token", "token_expired"), why
 
 
 def test_a_first_party_token_is_never_an_oauth_token_nor_the_other_way_round(client, key):
-    assert answer(client, "GET", "/api/v1/tasks", first_party(key)) == 200  # as today
+    assert call(client, "GET", "/api/v1/tasks", first_party(key)) == 200  # as today
     passing_as_first_party = key.sign(oauth_claims(), {"typ": "JWT"})  # the OAuth claims, typ changed
-    assert answer(client, "GET", "/api/v1/auth/me", passing_as_first_party) == "invalid_token"
+    assert call(client, "GET", "/api/v1/auth/me", passing_as_first_party) == "invalid_token"
     first_party_claims_as_oauth = key.sign({**oauth_claims(), "iss": BETTER_AUTH, "aud": BETTER_AUTH},
                                            {"typ": "at+jwt"})
-    assert answer(client, "GET", "/api/v1/auth/me", first_party_claims_as_oauth) == "invalid_token"
+    assert call(client, "GET", "/api/v1/auth/me", first_party_claims_as_oauth) == "invalid_token"
     hs256_oauth = encode(oauth_claims(), SECRET, "HS256", {"typ": "at+jwt"})  # never the shared secret
-    assert answer(client, "GET", "/api/v1/auth/me", hs256_oauth) == "invalid_token"
+    assert call(client, "GET", "/api/v1/auth/me", hs256_oauth) == "invalid_token"
 
 
 def test_an_opaque_token_is_a_401_that_says_so(client):
@@ -114,7 +114,7 @@ class TestWithoutAResourceUrl:
         return {"BETTER_AUTH_URL": BETTER_AUTH, "JWKS_URL": jwks.url, "BETTER_AUTH_SECRET": ""}
 
     def test_oauth_tokens_are_not_accepted_and_nothing_is_published(self, client, key):
-        assert answer(client, "GET", "/api/v1/auth/me", oauth_token(key)) == "invalid_token"
+        assert call(client, "GET", "/api/v1/auth/me", oauth_token(key)) == "invalid_token"
         assert client.get("/.well-known/oauth-protected-resource").status_code == 404
         assert "resource_metadata" not in client.get("/api/v1/tasks").headers["WWW-Authenticate"]
 
@@ -124,7 +124,7 @@ class TestWithoutAResourceUrl:
 
 def test_read_scope_lists_but_cannot_write(client, key):
     token = oauth_token(key, scope="tasks:read")
-    assert answer(client, "GET", "/api/v1/tasks", token) == 200
+    assert call(client, "GET", "/api/v1/tasks", token) == 200
     refused = client.post("/api/v1/tasks", json={"title": "x"}, headers=bearer(token))
     assert refused.status_code == 403 and refused.get_json()["code"] == "insufficient_scope"
     assert refused.headers["WWW-Authenticate"].startswith('Bearer error="insufficient_scope", scope="tasks:write"')
@@ -137,27 +137,27 @@ def test_write_scope_changes_tasks_and_every_route_asks_for_its_own(client, key)
     created = client.post("/api/v1/tasks", json={"title": "from an agent"}, headers=bearer(writer))
     assert created.status_code == 201
     task = f"/api/v1/tasks/{created.get_json()['id']}"
-    assert answer(client, "PATCH", f"{task}/complete", writer) == 200
-    assert answer(client, "PATCH", task, writer, json={"title": "renamed"}) == 200
-    assert answer(client, "GET", task, writer) == "insufficient_scope"  # reading needs tasks:read
-    assert answer(client, "GET", task, reader) == 200
+    assert call(client, "PATCH", f"{task}/complete", writer) == 200
+    assert call(client, "PATCH", task, writer, json={"title": "renamed"}) == 200
+    assert call(client, "GET", task, writer) == "insufficient_scope"  # reading needs tasks:read
+    assert call(client, "GET", task, reader) == 200
     for method, path in (("PUT", task), ("PATCH", task), ("DELETE", task), ("PATCH", f"{task}/complete")):
-        assert answer(client, method, path, reader, json={"title": "t"}) == "insufficient_scope", (method, path)
-    assert answer(client, "DELETE", task, writer) == 204
+        assert call(client, method, path, reader, json={"title": "t"}) == "insufficient_scope", (method, path)
+    assert call(client, "DELETE", task, writer) == 204
 
 
 def test_no_oauth_token_reaches_an_admin_route_whatever_its_claims(client, key):
     token = oauth_token(key, scope="tasks:read tasks:write admin", role="admin")
     for method, path in (("POST", "/api/v1/admin/users/bob/revoke"), ("GET", "/api/v1/admin/revocations"),
                          ("POST", "/api/v1/admin/clients/other/revoke")):
-        assert answer(client, method, path, token) == "forbidden", path
+        assert call(client, method, path, token) == "forbidden", path
 
 
 def test_me_and_logout_take_any_valid_oauth_token(client, key):
     token = oauth_token(key, scope="")
-    assert answer(client, "GET", "/api/v1/auth/me", token) == 200
-    assert answer(client, "POST", "/api/v1/auth/logout", token) == 204
-    assert answer(client, "GET", "/api/v1/auth/me", token) == "token_revoked"
+    assert call(client, "GET", "/api/v1/auth/me", token) == 200
+    assert call(client, "POST", "/api/v1/auth/logout", token) == 204
+    assert call(client, "GET", "/api/v1/auth/me", token) == "token_revoked"
 
 
 # --- discovery ---------------------------------------------------------------------------------
@@ -242,11 +242,11 @@ def test_an_admin_revokes_an_app_everywhere_and_its_next_tokens_work(client, key
     admin = as_user("root", role="admin")
     response = client.post("/api/v1/admin/clients/bad-agent/revoke", json={"reason": "compromised"}, headers=admin)
     assert response.status_code == 200 and response.get_json()["client_id"] == "bad-agent"
-    assert answer(client, "GET", "/api/v1/tasks", alice) == "token_revoked"
-    assert answer(client, "GET", "/api/v1/tasks", bob) == "token_revoked"
-    assert answer(client, "GET", "/api/v1/tasks", other_app) == 200
+    assert call(client, "GET", "/api/v1/tasks", alice) == "token_revoked"
+    assert call(client, "GET", "/api/v1/tasks", bob) == "token_revoked"
+    assert call(client, "GET", "/api/v1/tasks", other_app) == 200
     time.sleep(1.1)
-    assert answer(client, "GET", "/api/v1/tasks", oauth_token(key, user="alice", client_id="bad-agent")) == 200
+    assert call(client, "GET", "/api/v1/tasks", oauth_token(key, user="alice", client_id="bad-agent")) == 200
     audit = client.get("/api/v1/admin/revocations?client_id=bad-agent", headers=admin).get_json()
     assert [(row["kind"], row["client_id"], row["reason"]) for row in audit] == [("client", "bad-agent",
                                                                                   "compromised")]
@@ -257,18 +257,18 @@ def test_a_consent_withdrawn_ends_that_grant_only(client, key, app):
     other_user, other_app = oauth_token(key, user="bob", client_id="calendar-app"), oauth_token(
         key, user="alice", client_id="todo-agent")
     services(app).store.revoke_grant("alice", "calendar-app", "backchannel:test", "consent withdrawn")
-    assert answer(client, "GET", "/api/v1/tasks", grant) == "token_revoked"
-    assert answer(client, "GET", "/api/v1/tasks", other_user) == 200
-    assert answer(client, "GET", "/api/v1/tasks", other_app) == 200
+    assert call(client, "GET", "/api/v1/tasks", grant) == "token_revoked"
+    assert call(client, "GET", "/api/v1/tasks", other_user) == 200
+    assert call(client, "GET", "/api/v1/tasks", other_app) == 200
 
 
 def test_a_session_ended_kills_its_oauth_tokens_and_the_audit_names_the_client(client, key, as_user):
     token = oauth_token(key, user="carol")
     assert client.post("/api/v1/admin/sessions/s-carol/revoke", headers=as_user("root", role="admin")).status_code \
         == 200
-    assert answer(client, "GET", "/api/v1/tasks", token) == "token_revoked"
+    assert call(client, "GET", "/api/v1/tasks", token) == "token_revoked"
     logged_out = oauth_token(key, user="dave", client_id="todo-agent")
-    assert answer(client, "POST", "/api/v1/auth/logout", logged_out) == 204
+    assert call(client, "POST", "/api/v1/auth/logout", logged_out) == 204
     rows = client.get("/api/v1/admin/revocations?user_id=dave", headers=as_user("root", role="admin")).get_json()
     assert [(row["kind"], row["client_id"]) for row in rows] == [("jti", "todo-agent")]
 
@@ -282,9 +282,9 @@ def test_a_sign_out_ends_the_oauth_tokens_of_that_session_but_not_a_grant_that_o
     refreshed = key.sign(refreshed_claims, {"typ": "at+jwt"})
     first_party_without_sid = first_party(key, user="frank")
     assert services(app).store.log_out("https://issuer.test", uuid.uuid4().hex, "frank", "s-frank", time.time(), 600)
-    assert answer(client, "GET", "/api/v1/tasks", of_the_session) == "token_revoked"
-    assert answer(client, "GET", "/api/v1/auth/me", first_party_without_sid) == "token_revoked"
-    assert answer(client, "GET", "/api/v1/tasks", refreshed) == 200
+    assert call(client, "GET", "/api/v1/tasks", of_the_session) == "token_revoked"
+    assert call(client, "GET", "/api/v1/auth/me", first_party_without_sid) == "token_revoked"
+    assert call(client, "GET", "/api/v1/tasks", refreshed) == 200
 
 
 def test_the_cli_revokes_an_app_and_a_grant(app, client, key):
@@ -292,5 +292,5 @@ def test_the_cli_revokes_an_app_and_a_grant(app, client, key):
     runner = app.test_cli_runner()
     assert runner.invoke(args=["revoke", "client", "cli-app"]).exit_code == 0
     assert runner.invoke(args=["revoke", "grant", "erin", "erin-app"]).exit_code == 0
-    assert answer(client, "GET", "/api/v1/tasks", token) == "token_revoked"
-    assert answer(client, "GET", "/api/v1/tasks", grant) == "token_revoked"
+    assert call(client, "GET", "/api/v1/tasks", token) == "token_revoked"
+    assert call(client, "GET", "/api/v1/tasks", grant) == "token_revoked"

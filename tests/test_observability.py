@@ -1,4 +1,4 @@
-"""Request ids, the JSON access log, metrics, security headers and CORS."""
+"""Request ids, the JSON access log, metrics and security headers (CORS: test_cors.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import sys
 
 import pytest
 import requests
+from flask import Response, request
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.factory import create_app
+from app.logs import JsonFormatter
+from app.observability import _security_headers
 from tests.conftest import SECRET, bearer
 from tests.support.servers import ROOT, free_port, wait_until
 
@@ -41,10 +45,6 @@ def test_one_access_log_line_per_request_without_the_token(client, make_token, c
 
 
 def test_json_log_lines_parse(capsys):
-    import json
-
-    from app.logs import JsonFormatter
-
     record = logging.LogRecord("taskgate.access", logging.INFO, __file__, 1, "request", None, None)
     record.fields = {"status": 200, "path": "/healthz"}
     line = json.loads(JsonFormatter().format(record))
@@ -88,8 +88,7 @@ def test_metrics_count_requests_and_token_failures(client, as_user):
 class TestAMetricsToken:
     @pytest.fixture
     def settings_overrides(self):
-        return {"RATE_LIMITS_ENABLED": "true", "RATE_LIMIT_IP": "5/minute",
-                "METRICS_TOKEN": "metrics-token-for-the-tests-0123456789"}
+        return {"METRICS_TOKEN": "metrics-token-for-the-tests-0123456789"}
 
     def test_metrics_need_the_configured_token(self, client):
         assert client.get("/metrics").status_code == 401
@@ -99,8 +98,6 @@ class TestAMetricsToken:
 
 
 def test_metrics_are_off_in_production_without_a_token(tmp_path):
-    from app.factory import create_app
-
     app = create_app({"APP_ENV": "production", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",
                       "REDIS_URL": "redis://127.0.0.1:1/0", "BETTER_AUTH_SECRET": SECRET, "RATE_LIMITS_ENABLED": "0",
                       "METRICS_TOKEN": ""})
@@ -115,10 +112,6 @@ def test_client_chosen_methods_do_not_grow_metric_labels(client):
 
 
 def test_security_headers_keep_what_a_route_set(app):
-    from flask import Response, request
-
-    from app.observability import _security_headers
-
     with app.test_request_context("/anything"):
         response = Response("x", headers={"x-frame-options": "SAMEORIGIN", "Vary": "Accept-Encoding",
                                           "X-Request-ID": "from-the-route"})
