@@ -107,6 +107,7 @@ def make_app(database_url: str, settings_overrides: dict[str, Any]):
 
     yield factory
     for app in made:
+        services(app).store.close()  # its retries write nothing into the next test's tables
         services(app).database.dispose()
 
 

@@ -11,13 +11,18 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from redis.exceptions import ResponseError
 
+from app.errors import ServiceUnavailable
 from app.metrics import REVOCATIONS_LOST
+from app.redis_client import ScriptCall
 from app.revocation import entries
+from app.revocation import records as records_module
 from app.revocation.eviction import EvictingRedis, EvictionWatch, Memory, refuse_evicting
 from app.revocation.floors import Epochs, Floors
-from app.revocation.layout import STATE, bucket_of
+from app.revocation.layout import STATE, bucket_of, jti_field
 from app.revocation.records import Record
+from app.revocation.replica import LOCK_MS
 from app.revocation.replies import Applied, apply_reply, check_reply, user_cutoff_reply
 from app.revocation.targets import RevocationTarget
 from app.services import services
@@ -168,6 +173,99 @@ def test_a_sequence_redis_holds_for_another_revocation_records_both_again(store)
     store._apply(clash, jti_target(other))  # noqa: SLF001 - the revocation's step after its INSERT
     targets = [row.target for page in store.records.pages(kept.bucket, 0, 10**9, False) for row in page]
     assert "redis-only" in targets and targets.count(other) == 2, targets
+
+
+# --- repairs ------------------------------------------------------------------------------------
+
+
+def in_one_bucket(prefix: str, count: int) -> list[str]:
+    """`count` names that share the bucket of f"{prefix}-0"."""
+    names = (f"{prefix}-{n}" for n in range(10_000))
+    return [name for name in names if bucket_of(name) == bucket_of(f"{prefix}-0")][:count]
+
+
+def lose_state(store, bucket: int) -> None:
+    """The bucket's state goes, its entries stay: the next repair rebuilds it from the table."""
+    store.client.client.hdel(store.layout.bucket(bucket), STATE)
+
+
+def test_a_repair_lock_left_behind_holds_its_bucket_for_seconds_not_a_minute(store, caplog):
+    """A holder that died mid-repair, or a rollback that brought back a lock released since:
+    the bucket's requests get 503 (fail closed) for one lease (LOCK_MS), then the repair goes ahead."""
+    record = store.revoke(jti_target("leased"), "test", None)
+    lose_state(store, record.bucket)
+    dead_holder = store.replica._locked(record.bucket)  # noqa: SLF001 - a holder that never comes back
+    dead_holder.__enter__()
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(ServiceUnavailable):
+        store.replica.repair(record.bucket)
+    assert "waited for another's repair of a bucket too long" in caplog.text
+    left_at, repaired_at = time.monotonic(), None
+    while repaired_at is None and time.monotonic() - left_at < 5:
+        try:
+            store.replica.repair(record.bucket)
+            repaired_at = time.monotonic()
+        except ServiceUnavailable:
+            continue
+    dead_holder.__exit__(None, None, None)  # its release, long after: the lock is another's, or gone
+    assert repaired_at is not None and repaired_at - left_at <= 3, "the bucket stayed locked more than 3 s"
+    assert int(store.client.client.hget(store.layout.bucket(record.bucket), STATE)) == record.seq
+
+
+def test_a_long_repair_renews_its_lock_at_every_page(store, monkeypatch):
+    records = [store.revoke(jti_target(jti), "test", None) for jti in in_one_bucket("page", 6)]
+    first = records[0]
+    lose_state(store, first.bucket)
+    monkeypatch.setattr(records_module, "PAGE", 2)  # 6 rows: three pages
+    calls: list[ScriptCall] = []
+    run = store.client.run
+    monkeypatch.setattr(store.client, "run", lambda call: calls.append(call) or run(call))
+    store.replica.repair(first.bucket)
+    renewals = [call for call in calls if call.script == "renew"]
+    assert len(renewals) == 3, [call.script for call in calls]
+    assert all(call.args[1] == LOCK_MS for call in renewals), renewals
+
+
+def test_a_bucket_lost_in_the_middle_of_its_rebuild_is_never_sealed_without_its_denials(store, monkeypatch,
+                                                                                         caplog):
+    jtis = in_one_bucket("rebuilt", 6)
+    bucket = bucket_of(jtis[0])
+    for jti in jtis:
+        store.revoke(jti_target(jti), "test", None)
+    lose_state(store, bucket)
+    monkeypatch.setattr(records_module, "PAGE", 2)  # three pages
+    evict_once, run = iter([True]), store.client.run
+
+    def run_then_evict(call: ScriptCall):
+        reply = run(call)
+        if call.script == "apply" and call.args[0] in ("start", "load") and next(evict_once, False):
+            store.client.client.delete(store.layout.bucket(bucket))  # memory full: the whole hash goes
+        return reply
+
+    monkeypatch.setattr(store.client, "run", run_then_evict)
+    caplog.set_level(logging.WARNING)
+    store.replica.repair(bucket)
+    held = set(store.client.client.hkeys(store.layout.bucket(bucket)))
+    assert {jti_field(jti) for jti in jtis} <= held, sorted(held)
+    assert "a bucket was lost again while it was rebuilt" in caplog.text
+
+
+def test_a_closed_store_stops_retrying_the_revocations_redis_refused(store, monkeypatch):
+    """A revocation committed but refused by Redis is retried in the background; an app being
+    discarded (its store closed) writes nothing more."""
+    run = store.client.run
+
+    def refuse_applies(call: ScriptCall):
+        if call.script == "apply":
+            raise ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+        return run(call)
+
+    monkeypatch.setattr(store.client, "run", refuse_applies)
+    with pytest.raises(ServiceUnavailable):
+        store.revoke(jti_target("refused"), "test", None)
+    assert [t for t in threading.enumerate() if t.name == "repair-soon"], "no retry started"
+    store.close()
+    assert not [t for t in threading.enumerate() if t.name == "repair-soon"], "a retry outlived its store"
 
 
 # --- eviction ---------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ BUCKETS = 16
 SEP = "\t"
 STATE = "state"  # the last sequence applied; missing: Redis lost the bucket
 SWEEP = "sweep"  # the sweeper's HSCAN cursor
-META_FIELDS = (STATE, SWEEP)
+REBUILD = "rebuild"  # the holder of a rebuild under way (scripts.APPLY)
+META_FIELDS = (STATE, SWEEP, REBUILD)
 NO_FIELD = "-"  # a field no revocation writes (USER_CUTOFF with it: Redis's clock alone)
 
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from app.errors import ServiceUnavailable
 from app.metrics import REVOCATION_REPAIRS, REVOCATIONS_LOST, labelled
@@ -23,12 +24,26 @@ from app.revocation.replies import Applied, ApplyReply, apply_reply
 from app.revocation.targets import RevocationTarget
 
 log = logging.getLogger(__name__)
-LOCK_MS = 60_000  # a repair's lock lives at most this long (its holder may die)
+LOCK_MS = 2_000  # a repair's lock lives this long unless its holder renews it (a holder may die, or
+# a rollback may bring back a lock released since): a stale lock holds a bucket's requests at most this long
 LOCK_WAIT_SECONDS = 0.5  # how long a request waits for another's repair before a 503
+REBUILD_ATTEMPTS = 3  # a bucket lost again while it is rebuilt is rebuilt again, this often
 REPAIR_THREADS = 4  # buckets repaired at once (their reads, Python and Redis overlap)
 SWEEP_FIELDS = 500  # fields a sweep step looks at
 SWEEP_GRACE_SECONDS = 3600  # an entry is swept this long after its expiry (clocks may disagree)
 RESTORING = "The revocation list is being restored; try again shortly."
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A bucket's repair lock as its holder has it: renewed at each page of a long repair."""
+
+    client: RedisClient
+    key: str
+    holder: str
+
+    def renew(self) -> None:
+        self.client.run(ScriptCall("renew", [self.key], [self.holder, LOCK_MS]))
 
 
 class Replica:
@@ -57,6 +72,8 @@ class Replica:
         older), it is repaired; then Redis is trusted up to the epoch this verification began in.
         `wait`: how long to wait for a verification under way in another thread (-1: as long as it takes)."""
         if not self._verifying.acquire(timeout=wait):
+            log.warning("a request waited for this instance's verification of Redis too long: 503",
+                        extra={"fields": {"waited": wait}})
             raise ServiceUnavailable(RESTORING)
         try:
             self.client.ping()  # a connection to read with, opened before the epoch is read
@@ -105,15 +122,17 @@ class Replica:
     # --- one bucket -----------------------------------------------------------------------
 
     @contextmanager
-    def _locked(self, bucket: int) -> Iterator[None]:
+    def _locked(self, bucket: int) -> Iterator[Lease]:
         lock, holder = self.layout.repair_lock(bucket), uuid.uuid4().hex
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while not self.client.client.set(lock, holder, nx=True, px=LOCK_MS):
             if time.monotonic() > deadline:
+                log.warning("a request waited for another's repair of a bucket too long: 503",
+                            extra={"fields": {"bucket": bucket, "waited": LOCK_WAIT_SECONDS}})
                 raise ServiceUnavailable(RESTORING)
             time.sleep(0.01)
         try:
-            yield
+            yield Lease(self.client, lock, holder)
         finally:
             self.client.run(ScriptCall("release", [lock], [holder]))
 
@@ -121,22 +140,22 @@ class Replica:
         """Bring the bucket and the table level with each other, under the bucket's repair lock:
         the table first given what only Redis holds, then Redis what only the table holds, up to
         the highest sequence known to exist."""
-        with self._locked(bucket):
+        with self._locked(bucket) as lease:
             state, top = self.state(bucket), self.records.top(bucket)
             if state is not None and state > top:
-                self._write_back(bucket, top, state)
+                self._write_back(bucket, top, state, lease)
                 top = state
             if state is None:
-                self._rebuild(bucket, top)
+                self._rebuild(bucket, top, lease)
                 state = top
             target = max(top, self.floors[bucket])
             if state < target:
-                self._catch_up(bucket, state, target)
+                self._catch_up(bucket, state, target, lease)
                 if target > top:
                     self._lost(bucket, top, target)
             self.floors.raise_to(bucket, max(state, target))
 
-    def _write_back(self, bucket: int, top: int, state: int) -> None:
+    def _write_back(self, bucket: int, top: int, state: int, lease: Lease) -> None:
         """The table lost revocations (top, state] that Redis holds: written back from the bucket's log."""
         restored = 0
         for first in range(top + 1, state + 1, PAGE):
@@ -144,23 +163,47 @@ class Replica:
             logged = self.client.client.hmget(self.layout.bucket(bucket), [log_field(seq) for seq in seqs])
             restored += self.records.restore([entries.from_log_entry(entry, bucket, seq)
                                               for seq, entry in zip(seqs, logged, strict=True) if entry is not None])
+            lease.renew()
         labelled(REVOCATION_REPAIRS, "written_back").inc()
         log.error("the database was missing revocations Redis holds: written back to it", extra={"fields": {
             "bucket": bucket, "from": top + 1, "to": state, "restored": restored}})
 
-    def _rebuild(self, bucket: int, top: int) -> None:
-        """Redis lost the bucket: every live revocation up to `top` loaded, then its state sealed at `top`."""
-        started, loaded = time.monotonic(), 0
-        for page in self.records.pages(bucket, 0, top, live_only=True):
-            self.apply(bucket, page, "load")
-            loaded += len(page)
-        self.apply(bucket, (), "seal", to=top)
+    def _rebuild(self, bucket: int, top: int, lease: Lease) -> None:
+        """Redis lost the bucket: every live revocation up to `top` loaded, then its state sealed
+        at `top`; begun again if the bucket is lost meanwhile (memory full and evicting, say)."""
+        started = time.monotonic()
+        for _ in range(REBUILD_ATTEMPTS):
+            loaded = self._load(bucket, top, lease)
+            if loaded is not None:
+                break
+            log.warning("a bucket was lost again while it was rebuilt: begun again", extra={"fields": {
+                "bucket": bucket}})
+        else:
+            raise ServiceUnavailable(RESTORING)
         labelled(REVOCATION_REPAIRS, "rebuilt").inc()
         log.log(logging.WARNING if top else logging.INFO, "revocations of a bucket restored from the database",
                 extra={"fields": {
             "bucket": bucket, "entries": loaded, "sequence": top, "seconds": round(time.monotonic() - started, 3)}})
 
-    def _catch_up(self, bucket: int, state: int, target: int) -> None:
+    def _load(self, bucket: int, top: int, lease: Lease) -> int | None:
+        """One rebuild (scripts.APPLY, modes start, load, seal): the entries loaded, or None
+        when the bucket did not stay whole until its seal."""
+        mode, loaded = "start", 0
+        for page in self.records.pages(bucket, 0, top, live_only=True):
+            if self._rebuild_step(bucket, page, mode, lease.holder).outcome is not Applied.APPLIED:
+                return None
+            mode, loaded = "load", loaded + len(page)
+            lease.renew()
+        if mode == "start":  # nothing live to load: the holder named all the same
+            self._rebuild_step(bucket, (), mode, lease.holder)
+        sealed = self._rebuild_step(bucket, (), "seal", lease.holder, top)
+        return loaded if sealed.outcome is Applied.APPLIED else None
+
+    def _rebuild_step(self, bucket: int, records: Sequence[Record], mode: str, holder: str, to: int = 0) -> ApplyReply:
+        args = [mode, holder, to, *entries.apply_args(records, time.time())]
+        return apply_reply(self.client.run(ScriptCall("apply", [self.layout.bucket(bucket)], args)))
+
+    def _catch_up(self, bucket: int, state: int, target: int, lease: Lease) -> None:
         """Redis is behind: what the table holds in (state, target] applied in order."""
         while state < target:
             page = next(self.records.pages(bucket, state, target, live_only=False), [])
@@ -170,10 +213,11 @@ class Replica:
                 self.readmit(bucket, reply.displaced)
             if reply.outcome is Applied.MISSING:  # lost meanwhile: start again from the table
                 top = self.records.top(bucket)
-                self._rebuild(bucket, top)
+                self._rebuild(bucket, top, lease)
                 state = top
             else:
                 state = reply.state if reply.state is not None else to
+            lease.renew()
         labelled(REVOCATION_REPAIRS, "caught_up").inc()
         log.warning("revocations of a bucket caught up from the database", extra={"fields": {
             "bucket": bucket, "sequence": target}})

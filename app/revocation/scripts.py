@@ -104,12 +104,24 @@ return reply
 #            Returns {0, state} applied (or already there), {1, ''} no state (Redis lost the
 #            bucket), {2, state} behind `from` (the caller repairs the gap); followed by the
 #            field and Redis's own entry of the first conflicting log entry, if any.
-#   load     the entries written, the state untouched (a rebuild, under the bucket's repair lock).
-#   seal     no entries: the state becomes `to` unless it is ahead.
+#   A rebuild, in three modes where `from` is the rebuild's holder: the `rebuild` field names it
+#   from the first page on, so that a bucket lost (evicted, flushed) in the middle is never sealed.
+#   start    the first page: the `rebuild` field set to the holder, the entries written.
+#   load     a later page: the entries written if the `rebuild` field still names the holder.
+#   seal     no entries: if the `rebuild` field still names the holder, it goes and the state
+#            becomes `to` unless it is ahead.
+#   Each returns {0} (seal: {0, state}), or {1, ''} when the `rebuild` field no longer names the
+#   holder (the bucket was lost, or another rebuild began): the caller starts again.
 APPLY = """
 local mode = ARGV[1]
 local key = KEYS[1]
+if mode == 'start' then
+  redis.call('HSET', key, 'rebuild', ARGV[2])
+elseif (mode == 'load' or mode == 'seal') and redis.call('HGET', key, 'rebuild') ~= ARGV[2] then
+  return {1, ''}
+end
 if mode == 'seal' then
+  redis.call('HDEL', key, 'rebuild')
   local state = redis.call('HGET', key, 'state')
   if not state or tonumber(state) < tonumber(ARGV[3]) then redis.call('HSET', key, 'state', ARGV[3]) end
   return {0, redis.call('HGET', key, 'state')}
@@ -172,7 +184,7 @@ local before, deleted = tonumber(ARGV[2]), 0
 local entries = result[2]
 for i = 1, #entries, 2 do
   local field = entries[i]
-  if field ~= 'state' and field ~= 'sweep' then
+  if field ~= 'state' and field ~= 'sweep' and field ~= 'rebuild' then
     local expiry = tonumber(string.match(entries[i + 1], '^(%S+)'))
     if expiry and expiry < before then
       deleted = deleted + redis.call('HDEL', key, field)
@@ -189,4 +201,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-SCRIPTS = {"check": CHECK, "user_cutoff": USER_CUTOFF, "apply": APPLY, "sweep": SWEEP, "release": RELEASE}
+# The same lock kept for another lease period by its holder.  KEYS: lock.  ARGV: holder, milliseconds.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+SCRIPTS = {"check": CHECK, "user_cutoff": USER_CUTOFF, "apply": APPLY, "sweep": SWEEP, "release": RELEASE,
+           "renew": RENEW}

@@ -57,6 +57,9 @@ class RevocationStore:
         self.checks = Checks(client, self.layout, lifetimes)
         self.sync_seconds = sync_seconds
         self._synced_at = -math.inf
+        self._closing = threading.Event()
+        self._retries: set[threading.Thread] = set()
+        self._retries_lock = threading.Lock()
 
     # --- the per-request check ----------------------------------------------------------
 
@@ -81,6 +84,8 @@ class RevocationStore:
                     self.floors.raise_to(bucket, state)
                 labelled(REVOCATION_CHECKS, "revoked" if answer.revoked else "ok").inc()
                 return Verdict(answer.revoked, answer.count)
+        log.warning("Redis was still behind or unverified after every round of a check: 503",
+                    extra={"fields": {"rounds": ATTEMPTS}})
         raise ServiceUnavailable(RESTORING)
 
     def _keep_current(self) -> None:
@@ -121,7 +126,7 @@ class RevocationStore:
             # Committed, not known everywhere: this instance repairs it before trusting the bucket,
             # the others read the table's tops within REVOCATION_SYNC_SECONDS, and meanwhile it is retried.
             self.floors.raise_to(bucket, record.seq)
-            threading.Thread(target=self._repair_soon, args=(bucket,), name="repair-soon", daemon=True).start()
+            self._retry(bucket)
             raise
         return record
 
@@ -139,10 +144,15 @@ class RevocationStore:
         if reply.outcome is not Applied.APPLIED:  # Redis lost the bucket, or misses an earlier revocation
             self.replica.repair(bucket)
 
+    def _retry(self, bucket: int) -> None:
+        thread = threading.Thread(target=self._repair_soon, args=(bucket,), name="repair-soon", daemon=True)
+        with self._retries_lock:
+            self._retries = {retry for retry in self._retries if retry.is_alive()} | {thread}
+        thread.start()
+
     def _repair_soon(self, bucket: int, seconds: float = 30.0) -> None:
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            time.sleep(RETRY_SECONDS)
+        while not self._closing.wait(RETRY_SECONDS) and time.monotonic() < deadline:
             try:
                 with fail_closed():
                     self.replica.repair(bucket)
@@ -222,6 +232,16 @@ class RevocationStore:
         deleted = self.records.prune(keep_seconds)
         log.info("revocation records pruned", extra={"fields": {"deleted": deleted}})
         return deleted
+
+    def close(self) -> None:
+        """Stop retrying committed revocations (the retries joined) and leave the floor channel:
+        an app being discarded writes nothing more (tests reuse its database)."""
+        self._closing.set()
+        with self._retries_lock:
+            retries, self._retries = self._retries, set()
+        for thread in retries:
+            thread.join(timeout=10)
+        self.channel.close()
 
     def ping(self) -> None:
         with fail_closed():
