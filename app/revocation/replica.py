@@ -95,14 +95,17 @@ class Replica:
             self._verifying.release()
 
     def sync(self) -> None:
-        """The periodic look: the table's tops (a table below a floor came back older: given back
-        what Redis holds), the eviction count (keys evicted: verify everything), one sweep step.
-        Skipped while a verification runs."""
+        """The periodic look: Redis's states, then the table's tops (a table below a state or a
+        floor came back older: given back what Redis holds), the eviction count (keys evicted:
+        verify everything), one sweep step. Skipped while a verification runs."""
         if not self._verifying.acquire(blocking=False):
             return
         try:
+            # Redis first, then the table, as in verify: a state above a top is then never a race.
+            states = self.client.hget_many([self.layout.bucket(b) for b in range(BUCKETS)], STATE)
             tops = self.records.tops()
-            older = [bucket for bucket, top in enumerate(tops) if top < self.floors[bucket]]
+            older = [bucket for bucket, top in enumerate(tops)
+                     if top < max(self.floors[bucket], int(states[bucket] or 0))]
             self.floors.raise_all(tops)
             if not self.client.in_process and self.eviction.changed(read_memory(self.client)):
                 self.epochs.bump()
@@ -110,7 +113,7 @@ class Replica:
         finally:
             self._verifying.release()
         for bucket in older:
-            log.error("the database holds fewer revocations than this instance has seen: it came back older",
+            log.error("the database holds fewer revocations than Redis or this instance has seen: it came back older",
                       extra={"fields": {"bucket": bucket}})
             self.repair(bucket)
 
