@@ -5,7 +5,6 @@ cluster's shards really are separate (a FLUSHALL or a snapshot restore touches o
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 
 import pytest
@@ -15,16 +14,9 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from tests.support.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
+from tests.support.servers import pid_alive
 
 pytestmark = pytest.mark.integration
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_restart_from_a_snapshot_brings_back_exactly_the_snapshot():

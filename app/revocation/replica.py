@@ -57,7 +57,9 @@ class Replica:
 
     # --- applying ---------------------------------------------------------------------
 
-    def apply(self, bucket: int, records: Sequence[Record], mode: str, after: int = 0, to: int = 0) -> ApplyReply:
+    def apply(self, bucket: int, records: Sequence[Record], mode: str, after: int | str = 0, to: int = 0) -> ApplyReply:
+        """One APPLY (scripts.APPLY): `after` is the state the revocations follow (`ordered`), or
+        the rebuild's holder (`start`, `load`, `seal`)."""
         args = [mode, after, to, *entries.apply_args(records, time.time())]
         return apply_reply(self.client.run(ScriptCall("apply", [self.layout.bucket(bucket)], args)))
 
@@ -193,18 +195,14 @@ class Replica:
         when the bucket did not stay whole until its seal."""
         mode, loaded = "start", 0
         for page in self.records.pages(bucket, 0, top, live_only=True):
-            if self._rebuild_step(bucket, page, mode, lease.holder).outcome is not Applied.APPLIED:
+            if self.apply(bucket, page, mode, lease.holder).outcome is not Applied.APPLIED:
                 return None
             mode, loaded = "load", loaded + len(page)
             lease.renew()
         if mode == "start":  # nothing live to load: the holder named all the same
-            self._rebuild_step(bucket, (), mode, lease.holder)
-        sealed = self._rebuild_step(bucket, (), "seal", lease.holder, top)
+            self.apply(bucket, (), mode, lease.holder)
+        sealed = self.apply(bucket, (), "seal", lease.holder, top)
         return loaded if sealed.outcome is Applied.APPLIED else None
-
-    def _rebuild_step(self, bucket: int, records: Sequence[Record], mode: str, holder: str, to: int = 0) -> ApplyReply:
-        args = [mode, holder, to, *entries.apply_args(records, time.time())]
-        return apply_reply(self.client.run(ScriptCall("apply", [self.layout.bucket(bucket)], args)))
 
     def _catch_up(self, bucket: int, state: int, target: int, lease: Lease) -> None:
         """Redis is behind: what the table holds in (state, target] applied in order."""

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.servers import pid_alive
 from tests.support.services import unavailable
 
 DOCKERD = Path("/usr/sbin/dockerd")
@@ -54,14 +55,6 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class Dockerd:
@@ -153,10 +146,10 @@ class Dockerd:
         containerd_pid = self.run_dir / "exec" / "containerd" / "containerd.pid"
         if containerd_pid.exists():
             pid = int(containerd_pid.read_text().strip() or 0)
-            if pid and _alive(pid):
+            if pid and pid_alive(pid):
                 os.kill(pid, signal.SIGTERM)
                 deadline = time.monotonic() + 10
-                while _alive(pid) and time.monotonic() < deadline:
+                while pid_alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.2)
         self._release_lock()
         # dockerd leaves its bind mount of the host's network namespace (exec/netns/default).
