@@ -685,10 +685,32 @@ class BetterAuthIssuer:
                  "scope": scope, "state": state, "code_challenge": challenge, "code_challenge_method": "S256"}
         if resource is not None:
             query["resource"] = resource
+        url = "/api/auth/oauth2/authorize?" + urllib.parse.urlencode(query)
+        url, signed_in, steps = self.oauth_browse(url, session=session, email=email, password=password,
+                                                  accept=accept)
+        callback = urllib.parse.urlsplit(url)
+        if f"{callback.scheme}://{callback.netloc}{callback.path}" != client.redirect_uri:
+            raise IssuerError(f"the flow did not end at the client's callback: {url}")
+        params = urllib.parse.parse_qs(callback.query)
+        if params.get("state") != [state]:
+            raise IssuerError(f"the callback's state does not match: {url}")
+        if signed_in is None:
+            raise IssuerError("no session")
+        if not signed_in.user:
+            body, _ = self.get_session(signed_in)
+            signed_in.user = body["user"]
+        return Authorization(params.get("code", [None])[0], verifier, signed_in, steps, url)
+
+    def oauth_browse(self, url: str, *, session: Session | None = None, email: str | None = None,
+                     password: str = DEFAULT_PASSWORD, accept: bool = True) -> tuple[str, Session | None, list[str]]:
+        """A user's browser from an authorization URL (absolute, or a path of the issuer) to the
+        client's callback URL: the login page without ``session`` (sign-in with the page's signed
+        ``oauth_query``, as ``email``), the consent page if asked (``accept``). Returns the callback
+        URL, the signed-in session and the steps taken (``login``, ``consent``)."""
+        parts = urllib.parse.urlsplit(url)
         jar = session.cookies if session is not None else http.cookiejar.CookieJar()
         steps: list[str] = []
-        url = self._follow(self._request("GET", "/api/auth/oauth2/authorize?" + urllib.parse.urlencode(query),
-                                         cookies=jar), "oauth2/authorize")
+        url = self._follow(self._request("GET", f"{parts.path}?{parts.query}", cookies=jar), "oauth2/authorize")
         signed_in = session
         for _ in range(4):
             parts = urllib.parse.urlsplit(url)
@@ -712,18 +734,7 @@ class BetterAuthIssuer:
                                    "oauth2/consent")
             else:
                 break
-        callback = urllib.parse.urlsplit(url)
-        if f"{callback.scheme}://{callback.netloc}{callback.path}" != client.redirect_uri:
-            raise IssuerError(f"the flow did not end at the client's callback: {url}")
-        params = urllib.parse.parse_qs(callback.query)
-        if params.get("state") != [state]:
-            raise IssuerError(f"the callback's state does not match: {url}")
-        if signed_in is None:
-            raise IssuerError("no session")
-        if not signed_in.user:
-            body, _ = self.get_session(signed_in)
-            signed_in.user = body["user"]
-        return Authorization(params.get("code", [None])[0], verifier, signed_in, steps, url)
+        return url, signed_in, steps
 
     def oauth_token(self, client: OAuthClient, grant: Authorization, resource: str | None = None) -> dict[str, Any]:
         """The token request (``authorization_code``, a public client: client_id and the PKCE

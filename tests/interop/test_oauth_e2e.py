@@ -14,11 +14,14 @@ returns to the moment the token is refused (printed and kept as test properties)
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -393,3 +396,76 @@ def test_the_admins_client_revocation_kills_every_users_tokens_of_that_client(de
     # Tokens issued after the revocation work: the app is back once it is trusted again.
     next_second()
     assert deployment.accepted(deployment.token(revoked, "tasks:read", session=bob))
+
+
+def test_a_token_asked_for_without_naming_the_api_is_opaque_and_refused_saying_so(deployment: Deployment):
+    """The provider answers an opaque token when neither the authorization request nor the token
+    request names a `resource` (either one is enough for a JWT, as the README says)."""
+    client, alice = deployment.issuer.oauth_register("no-resource"), deployment.user()
+    for named_in in ("authorization", "token", "neither"):
+        authorization = deployment.issuer.oauth_authorize(
+            client, "tasks:read", deployment.resource if named_in == "authorization" else None, session=alice)
+        token = deployment.issuer.oauth_token(client, authorization,
+                                              deployment.resource if named_in == "token" else None)["access_token"]
+        if named_in != "neither":
+            assert decode_unverified(token)[0]["typ"] == "at+jwt", (named_in, token[:40])
+            continue
+        assert token.count(".") != 2, f"a JWT although no request named the API: {token[:40]}"
+        for instance in deployment.instances:
+            response = deployment.call(instance, "GET", "/api/v1/tasks", token)
+            assert response.status_code == 401, (instance.server, response.status_code, response.text)
+            assert "opaque" in response.json()["detail"], response.json()
+
+
+# --- the README's flow for an agent's developer ----------------------------------------------
+
+README_AUTH, README_API = "AUTH=https://app.example.com/api/auth", "API=https://api.example.com"
+
+
+def readme_agent_flow(auth: str, api: str) -> tuple[str, str]:
+    """The README's curl flow ("Let third-party apps and agents in"), pointed at `auth` and
+    `api`, in two scripts split where the user's browser takes over (the `CODE=...` line)."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```sh\n(AUTH=.*?)```", text, re.S)
+    assert block, "the README's agent flow (a sh block starting with AUTH=) is gone"
+    script = block[1]
+    assert README_AUTH in script and README_API in script, script
+    script = script.replace(README_AUTH, f"AUTH={auth}").replace(README_API, f"API={api}")
+    before, code_line, after = script.partition("\nCODE=...")
+    assert code_line, "the README's agent flow has no `CODE=...` line where the user takes over"
+    setting = before.splitlines()[0]  # AUTH=... API=... CALLBACK=...
+    return before, setting + "\n" + after.split("\n", 1)[1]
+
+
+def bash(script: str) -> str:
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr, script)
+    return done.stdout
+
+
+def test_the_readmes_curl_flow_for_an_agents_developer_works_as_written(deployment: Deployment):
+    """Registration, PKCE and the token request run as the README prints them (bash, curl,
+    openssl, jq); the user's part (the authorization URL in a browser) is the test's."""
+    alice = deployment.user()
+    registration, token_request = readme_agent_flow(deployment.oauth_issuer, deployment.resource)
+
+    printed = bash(registration + '\necho "CLIENT_ID=$CLIENT_ID VERIFIER=$VERIFIER"').splitlines()
+    authorize_url = next(line for line in printed if line.startswith(deployment.oauth_issuer + "/oauth2/authorize?"))
+    found = dict(pair.split("=", 1) for pair in printed[-1].split())
+    query = parse_qs(urlsplit(authorize_url).query)
+    assert query.get("resource") == [deployment.resource], query
+    assert query.get("scope") == ["tasks:read tasks:write"], query
+    assert found["CLIENT_ID"] and found["CLIENT_ID"] != "null", printed
+
+    callback, _, steps = deployment.issuer.oauth_browse(authorize_url, session=alice)
+    assert steps == ["consent"], (steps, callback)
+    code = parse_qs(urlsplit(callback).query)["code"][0]
+
+    answer = bash(f"CLIENT_ID={found['CLIENT_ID']} VERIFIER={found['VERIFIER']} CODE={code}\n" + token_request
+                  + '\necho; printf "%s" "$TOKEN"').rsplit("\n", 1)
+    listed, token = answer[0], answer[1]
+    header, claims = decode_unverified(token)
+    assert header["typ"] == "at+jwt" and claims["aud"] == deployment.resource, (header, claims)
+    assert claims["client_id"] == found["CLIENT_ID"] and claims["sub"] == alice.user["id"], claims
+    assert json.loads(listed) == [], listed  # the API's answer for a user with no tasks yet
