@@ -301,3 +301,33 @@ def test_an_evicted_bucket_takes_its_state_with_it_so_the_next_check_restores_it
     for bucket in range(16):  # what eviction does: whole keys go, never one field of a hash
         store.client.client.delete(store.layout.bucket(bucket))
     assert client.get("/api/v1/auth/me", headers=bearer(token)).get_json()["code"] == "token_revoked"
+
+
+def test_a_bucket_rolled_back_in_the_middle_of_its_rebuild_is_never_sealed_without_its_denials(
+        store, monkeypatch, caplog):
+    """Redis goes back to a snapshot taken after the first page, once the second is written, with
+    its connections kept (a proxy hiding a failover): the seal finds the pages missing."""
+    jtis = in_one_bucket("rolled", 6)
+    bucket = bucket_of(jtis[0])
+    for jti in jtis:
+        store.revoke(jti_target(jti), "test", None)
+    key, redis, run = store.layout.bucket(bucket), store.client.client, store.client.run
+    redis.delete(key)  # lost, denials and all: only the rebuild brings them back
+    monkeypatch.setattr(records_module, "PAGE", 2)  # three pages
+    after_each_page: list[dict[str, str]] = []
+
+    def run_then_roll_back(call: ScriptCall):
+        reply = run(call)
+        if call.script == "apply" and call.args[0] in ("start", "load"):
+            after_each_page.append(redis.hgetall(key))
+            if len(after_each_page) == 2:  # once, after the second page: back to after the first
+                redis.delete(key)
+                redis.hset(key, mapping=after_each_page[0])
+        return reply
+
+    monkeypatch.setattr(store.client, "run", run_then_roll_back)
+    caplog.set_level(logging.WARNING)
+    store.replica.repair(bucket)
+    held = set(redis.hkeys(key))
+    assert {jti_field(jti) for jti in jtis} <= held, sorted(held)
+    assert "a bucket was lost again while it was rebuilt" in caplog.text

@@ -10,7 +10,7 @@ BUCKETS = 16
 SEP = "\t"
 STATE = "state"  # the last sequence applied; missing: Redis lost the bucket
 SWEEP = "sweep"  # the sweeper's HSCAN cursor
-REBUILD = "rebuild"  # the holder of a rebuild under way (scripts.APPLY)
+REBUILD = "rebuild"  # a rebuild under way: its holder and pages written (scripts.APPLY)
 META_FIELDS = (STATE, SWEEP, REBUILD)
 NO_FIELD = "-"  # a field no revocation writes (USER_CUTOFF with it: Redis's clock alone)
 
@@ -61,6 +61,11 @@ def covered_field(user_id: str, name: str) -> str:
 def ahead_field(user_id: str) -> str:
     """The user's tokens accepted with an `iat` ahead of Redis's clock, one per line."""
     return f"a:{user_id}"
+
+
+def rebuild_marker(holder: str, pages: int) -> str:
+    """The `rebuild` field's value once `pages` pages of `holder`'s rebuild are written."""
+    return f"{holder}#{pages}"
 
 
 def log_field(seq: int) -> str:

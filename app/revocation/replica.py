@@ -18,7 +18,7 @@ from app.redis_client import RedisClient, ScriptCall
 from app.revocation import entries
 from app.revocation.eviction import EvictionWatch, read_memory
 from app.revocation.floors import Epochs, Floors
-from app.revocation.layout import BUCKETS, STATE, Layout, log_field
+from app.revocation.layout import BUCKETS, STATE, Layout, log_field, rebuild_marker
 from app.revocation.records import PAGE, Record, Records
 from app.revocation.replies import Applied, ApplyReply, apply_reply
 from app.revocation.targets import RevocationTarget
@@ -57,9 +57,10 @@ class Replica:
 
     # --- applying ---------------------------------------------------------------------
 
-    def apply(self, bucket: int, records: Sequence[Record], mode: str, after: int | str = 0, to: int = 0) -> ApplyReply:
+    def apply(self, bucket: int, records: Sequence[Record], mode: str, after: int | str = 0,
+              to: int | str = 0) -> ApplyReply:
         """One APPLY (scripts.APPLY): `after` is the state the revocations follow (`ordered`), or
-        the rebuild's holder (`start`, `load`, `seal`)."""
+        the rebuild's marker (`start`, `load`, `seal`; `load` moves it to `to`)."""
         args = [mode, after, to, *entries.apply_args(records, time.time())]
         return apply_reply(self.client.run(ScriptCall("apply", [self.layout.bucket(bucket)], args)))
 
@@ -193,16 +194,26 @@ class Replica:
     def _load(self, bucket: int, top: int, lease: Lease) -> int | None:
         """One rebuild (scripts.APPLY, modes start, load, seal): the entries loaded, or None
         when the bucket did not stay whole until its seal."""
-        mode, loaded = "start", 0
+        loaded, written = 0, 0
         for page in self.records.pages(bucket, 0, top, live_only=True):
-            if self.apply(bucket, page, mode, lease.holder).outcome is not Applied.APPLIED:
+            if not self._write_page(bucket, page, lease.holder, written):
                 return None
-            mode, loaded = "load", loaded + len(page)
+            loaded, written = loaded + len(page), written + 1
             lease.renew()
-        if mode == "start":  # nothing live to load: the holder named all the same
-            self.apply(bucket, (), mode, lease.holder)
-        sealed = self.apply(bucket, (), "seal", lease.holder, top)
+        if written == 0:  # nothing live to load: the holder named all the same
+            self._write_page(bucket, (), lease.holder, written)
+            written = 1
+        sealed = self.apply(bucket, (), "seal", rebuild_marker(lease.holder, written), top)
         return loaded if sealed.outcome is Applied.APPLIED else None
+
+    def _write_page(self, bucket: int, page: Sequence[Record], holder: str, written: int) -> bool:
+        """A rebuild's next page, if the bucket still holds every page before it."""
+        if written == 0:
+            reply = self.apply(bucket, page, "start", rebuild_marker(holder, 1))
+        else:
+            reply = self.apply(bucket, page, "load", rebuild_marker(holder, written),
+                               rebuild_marker(holder, written + 1))
+        return reply.outcome is Applied.APPLIED
 
     def _catch_up(self, bucket: int, state: int, target: int, lease: Lease) -> None:
         """Redis is behind: what the table holds in (state, target] applied in order."""

@@ -104,14 +104,16 @@ return reply
 #            Returns {0, state} applied (or already there), {1, ''} no state (Redis lost the
 #            bucket), {2, state} behind `from` (the caller repairs the gap); followed by the
 #            field and Redis's own entry of the first conflicting log entry, if any.
-#   A rebuild, in three modes where `from` is the rebuild's holder: the `rebuild` field names it
-#   from the first page on, so that a bucket lost (evicted, flushed) in the middle is never sealed.
-#   start    the first page: the `rebuild` field set to the holder, the entries written.
-#   load     a later page: the entries written if the `rebuild` field still names the holder.
-#   seal     no entries: if the `rebuild` field still names the holder, it goes and the state
-#            becomes `to` unless it is ahead.
-#   Each returns {0} (seal: {0, state}), or {1, ''} when the `rebuild` field no longer names the
-#   holder (the bucket was lost, or another rebuild began): the caller starts again.
+#   A rebuild, in three modes where `from` is the `rebuild` field's expected value: the holder
+#   and the pages written so far (`<holder>#<pages>`), so that a bucket lost (evicted, flushed)
+#   or rolled back (to before one of its pages) in the middle is never sealed.
+#   start    the first page: the `rebuild` field set to `from`, the entries written.
+#   load     a later page: if the `rebuild` field is `from`, it becomes `to` and the entries
+#            are written.
+#   seal     no entries: if the `rebuild` field is `from`, it goes and the state becomes `to`
+#            unless it is ahead.
+#   Each returns {0} (seal: {0, state}), or {1, ''} when the `rebuild` field is not `from` (the
+#   bucket was lost or rolled back, or another rebuild began): the caller starts again.
 APPLY = """
 local mode = ARGV[1]
 local key = KEYS[1]
@@ -119,6 +121,8 @@ if mode == 'start' then
   redis.call('HSET', key, 'rebuild', ARGV[2])
 elseif (mode == 'load' or mode == 'seal') and redis.call('HGET', key, 'rebuild') ~= ARGV[2] then
   return {1, ''}
+elseif mode == 'load' then
+  redis.call('HSET', key, 'rebuild', ARGV[3])
 end
 if mode == 'seal' then
   redis.call('HDEL', key, 'rebuild')
