@@ -41,13 +41,15 @@ DETAILS = {
     "internal_error": "An unexpected error occurred; it has been logged.",
     "service_unavailable": "A backing service is unavailable; try again shortly.",
 }
+# RFC 9449 §7.1: the asymmetric algorithms a DPoP proof may use (never none or a MAC), named in the challenge.
+DPOP_ALGORITHMS = ("EdDSA", "ES256", "ES384", "ES512", "PS256", "RS256")
 WWW_AUTHENTICATE = {
     "missing_token": 'Bearer realm="taskgate"',
     "invalid_token": 'Bearer realm="taskgate", error="invalid_token"',
     "token_expired": 'Bearer realm="taskgate", error="invalid_token", error_description="expired"',
     "token_revoked": 'Bearer realm="taskgate", error="invalid_token", error_description="revoked"',
     # RFC 9449 §7.1: a DPoP-bound token whose proof is missing or wrong.
-    "invalid_dpop_proof": 'DPoP error="invalid_dpop_proof"',
+    "invalid_dpop_proof": f'DPoP error="invalid_dpop_proof", algs="{" ".join(DPOP_ALGORITHMS)}"',
 }
 
 

@@ -232,6 +232,24 @@ def test_a_dpop_bound_token_needs_a_fresh_proof_of_its_key_for_this_request(clie
     assert get({"Authorization": f"DPoP {unbound}", "DPoP": holder.proof("GET", url, unbound)}) == "invalid_token"
 
 
+def test_a_dpop_proof_names_this_request_s_url_in_any_equivalent_spelling(client, key):
+    """RFC 9449 §4.3: htu compared after RFC 3986 normalization, without query or fragment."""
+    holder = Proofs()
+    token = oauth_token(key, cnf={"jkt": holder.jkt})
+    for htu in ("HTTP://LocalHost:80/api/v1/tasks", "http://localhost/api/v1/%74asks?status=all#top"):
+        proof = holder.proof("GET", htu, token)
+        response = client.get("/api/v1/tasks", headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+        assert response.status_code == 200, (htu, response.get_json())
+    for htu in ("https://localhost/api/v1/tasks", "http://localhost:8080/api/v1/tasks", "http://localhost/api/v1",
+                "http://user@localhost/api/v1/tasks", "/api/v1/tasks", 7):
+        proof = holder.proof("GET", htu, token)
+        response = client.get("/api/v1/tasks", headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+        assert response.status_code == 401, (htu, response.status_code)
+        assert response.get_json()["code"] == "invalid_dpop_proof", (htu, response.get_json())
+        scheme, _, params = response.headers["WWW-Authenticate"].partition(" ")
+        assert scheme == "DPoP" and 'algs="EdDSA ES256 ES384 ES512 PS256 RS256"' in params, params
+
+
 # --- revocations no provider offers ------------------------------------------------------------
 
 

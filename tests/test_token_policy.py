@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from app.security.dpop import normalized_url
 from tests.conftest import SECRET, bearer, encode, me
 
 
@@ -251,3 +252,21 @@ def test_me_reports_the_token(client, make_token):
     assert body["token"]["jti"] == "j-1" and body["token"]["sid"] == "s-1"
     assert body["email"] == "alice@example.com" and body["role"] == "user" and body["is_admin"] is False
     assert body["token"]["exp"].endswith("Z")
+
+
+# --- DPoP: the URL a proof names (RFC 9449 §4.3) ----------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "normal"), [
+    ("https://API.example.com:443/a/b", "https://api.example.com/a/b"),
+    ("http://api.example.com", "http://api.example.com/"),
+    ("http://api.example.com:8443/x?q=1#f", "http://api.example.com:8443/x"),
+    ("http://[::1]:80/%7euser/%2f%2F", "http://[::1]/~user/%2F%2F"),
+    ("ftp://api.example.com/", None),
+    ("http://a@api.example.com/", None),
+    ("http://api.example.com:99999/", None),
+    ("http:///path", None),
+    (None, None),
+])
+def test_urls_are_compared_as_rfc_3986_normalizes_them(url, normal):
+    assert normalized_url(url) == normal

@@ -7,19 +7,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
+import string
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt as pyjwt
 
-from app.errors import TokenRejected
+from app.errors import DPOP_ALGORITHMS, TokenRejected
 from app.redis_client import RedisClient, fail_closed
 from app.security.tokens import is_identifier, is_number, read_segments
 
-# Asymmetric algorithms a proof may use (RFC 9449 §7.1: never none or MAC).
-PROOF_ALGORITHMS = ("EdDSA", "ES256", "ES384", "ES512", "PS256", "RS256")
 THUMBPRINT_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n")}
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+PERCENT_ENCODED = re.compile(r"%([0-9A-Fa-f]{2})")
+UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 
 
 def b64url(data: bytes) -> str:
@@ -33,6 +37,31 @@ def thumbprint(jwk: dict[str, Any]) -> str:
         raise TokenRejected("The DPoP proof's key is not a public key this API can use.", "invalid_dpop_proof")
     canonical = json.dumps({name: jwk[name] for name in members}, separators=(",", ":"), sort_keys=True)
     return b64url(hashlib.sha256(canonical.encode()).digest())
+
+
+def _percent(match: re.Match[str]) -> str:
+    character = chr(int(match[1], 16))
+    return character if character in UNRESERVED else f"%{match[1].upper()}"
+
+
+def normalized_url(url: object) -> str | None:
+    """An http(s) URL as RFC 9449 §4.3 compares `htu`: RFC 3986's syntax- and scheme-based
+    normalization (scheme and host in lower case, no default port, an empty path as "/",
+    percent-encodings in upper case, unreserved characters decoded), without query or fragment.
+    None: not an absolute http(s) URL, or one with user information."""
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if scheme not in DEFAULT_PORTS or not host or parts.username is not None or "@" in parts.netloc:
+        return None
+    host = f"[{host}]" if ":" in host else host
+    netloc = host if port in (None, DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{PERCENT_ENCODED.sub(_percent, parts.path or '/')}"
 
 
 def proof_error(detail: str) -> TokenRejected:
@@ -54,7 +83,7 @@ def check_proof(proof: str, request: Request, access_token: str, jkt: str, now: 
     jwk = header.get("jwk")
     if str(header.get("typ", "")).lower() != "dpop+jwt":
         raise proof_error("The DPoP proof must have typ dpop+jwt.")
-    if header.get("alg") not in PROOF_ALGORITHMS or not isinstance(jwk, dict) or PRIVATE_MEMBERS & jwk.keys():
+    if header.get("alg") not in DPOP_ALGORITHMS or not isinstance(jwk, dict) or PRIVATE_MEMBERS & jwk.keys():
         raise proof_error("The DPoP proof must be signed with an asymmetric key it carries, public only.")
     if thumbprint(jwk) != jkt:
         raise proof_error("The DPoP proof is signed with another key than the token is bound to.")
@@ -66,7 +95,8 @@ def check_proof(proof: str, request: Request, access_token: str, jkt: str, now: 
         raise proof_error("The DPoP proof needs a jti and an iat.")
     if abs(now - claims["iat"]) > max_age:
         raise proof_error("The DPoP proof is too old, or from the future.")
-    if claims.get("htm") != request.method or claims.get("htu") != request.url:
+    htu = normalized_url(claims.get("htu"))
+    if claims.get("htm") != request.method or htu is None or htu != normalized_url(request.url):
         raise proof_error("The DPoP proof was made for another request (htm, htu).")
     if claims.get("ath") != b64url(hashlib.sha256(access_token.encode()).digest()):
         raise proof_error("The DPoP proof was made for another access token (ath).")
