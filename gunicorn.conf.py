@@ -47,8 +47,10 @@ this file and wins over everything here):
 import logging.handlers
 import os
 import resource
+import socket
 
 from gunicorn.glogging import Logger
+from gunicorn.util import parse_address
 
 # serve.py is beside this file (gunicorn puts its directory on sys.path before reading this
 # file). app.config and app.logs load neither the app nor prometheus_client into the master.
@@ -184,10 +186,6 @@ def _check_reuse_port(server):
     """A socket per worker: fail at start, as a shared socket would, when an address is taken
     (workers binding it would fail and be respawned in a loop), and say so when a worker's
     exit would reset its queued connections."""
-    import socket
-
-    from gunicorn.util import parse_address
-
     if not server.cfg.reuse_port:
         return
     addresses = [(address, parse_address(address)) for address in server.cfg.bind]
@@ -240,6 +238,8 @@ def when_ready(server):
 
 
 def child_exit(server, worker):
+    # Here, not at the top: workers fork from the master, and a prometheus_client it imported
+    # before on_starting set PROMETHEUS_MULTIPROC_DIR would count in-process in every worker.
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)

@@ -8,9 +8,9 @@ a bad one is one line and exit 78 before anything starts, as is a bad app settin
 that evicts keys in production. Logs are JSON lines in the app's format (app.logs); /metrics
 adds up every worker's figures (prometheus_client's multiprocess mode) under both.
 
-At its top this module imports only the standard library and app.config (which loads neither
-the app nor prometheus_client): the app is imported only once PROMETHEUS_MULTIPROC_DIR is set.
-gunicorn.conf.py imports it too.
+At its top this module imports only the standard library, app.config and app.logs (which load
+neither the app nor prometheus_client): the app is imported only once PROMETHEUS_MULTIPROC_DIR
+is set, and granian only when it is the server. gunicorn.conf.py imports this module too.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import tempfile
 from typing import NoReturn
 
 from app.config import SERVERS, ConfigError, ServerSettings, load_server_settings
+from app.logs import JsonFormatter
 
 __all__ = ["SERVERS", "main"]
 GUNICORN = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
@@ -75,7 +76,7 @@ def preflight() -> ServerSettings:
     """The servers' and the app's settings, and what a production start refuses (an evicting
     Redis): one line and exit 78, not a worker failing to boot again and again."""
     prepare_metrics_directory()  # before anything imports prometheus_client (granian forks its workers)
-    from app.factory import check_configuration
+    from app.factory import check_configuration  # only now: it loads prometheus_client (above)
 
     try:
         server = load_server_settings(os.environ)
@@ -89,8 +90,6 @@ def warn_underscore_headers() -> None:
     """granian hands `X_Forwarded_For` and `X-Forwarded-For` to the app under one WSGI name (the
     last wins) and has no setting to drop the first: behind PROXY_HOPS, only the proxy in front
     can (the shipped nginx does: underscores_in_headers off)."""
-    from app.logs import JsonFormatter
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     log = logging.getLogger("taskgate.serve")
@@ -104,11 +103,9 @@ def serve_granian(settings: ServerSettings) -> None:
     raise_open_files_limit(settings.granian_backpressure + 1024)  # its connections, plus database, Redis, files
     os.environ.setdefault("DB_POOL_SIZE", str(settings.granian_threads))  # one connection per app thread
 
-    from granian import Granian
+    from granian import Granian  # only when granian is the server
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
-
-    from app.logs import JsonFormatter
 
     level = (os.environ.get("LOG_LEVEL", "").strip() or "info").lower()
     json_logs = {
