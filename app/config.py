@@ -19,6 +19,8 @@ from limits import parse
 from app.redis_url import RedisTarget, RedisUrlError, parse_redis_url
 
 ENVIRONMENTS = ("development", "production", "testing")
+DATABASES = ("postgresql", "sqlite")  # the dialects DATABASE_URL may name (its part before + and ://)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SYMMETRIC_ALGORITHMS = frozenset({"HS256"})
 ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "PS256", "RS256"})
 DEFAULT_ASYMMETRIC = ("EdDSA", "ES256", "ES512", "PS256", "RS256")
@@ -98,6 +100,14 @@ class Settings:
 
 
 # --- reading values ------------------------------------------------------------------
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of `choices` (upper case), whatever the case it was written in."""
+    value = env.get(name, "").strip().upper() or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {env.get(name, '').strip()!r}")
+    return value
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -211,7 +221,7 @@ def _application(env: Mapping[str, str]) -> dict[str, Any]:
     return {
         "app_env": app_env,
         "blueprints": _csv(env.get("BLUEPRINTS")) or DEFAULT_BLUEPRINTS,
-        "log_level": (env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
+        "log_level": _choice(env, "LOG_LEVEL", LOG_LEVELS, "INFO"),
     }
 
 
@@ -334,14 +344,21 @@ class Draft:
 
 
 def database_default(draft: Draft) -> None:
-    """SQLite in the instance folder, except in production, which needs PostgreSQL."""
+    """SQLite in the instance folder, except in production, which needs PostgreSQL; a URL of
+    another database (or none at all) refused. The URL itself is never quoted: it may hold a password."""
     url = draft.values["database_url"]
     if url is None:
         if draft.production:
             raise ConfigError("DATABASE_URL is required in production (PostgreSQL)")
         draft.instance_path.mkdir(parents=True, exist_ok=True)
         draft.values["database_url"] = f"sqlite:///{draft.instance_path / 'taskgate.db'}"
-    elif draft.production and url.startswith("sqlite"):
+        return
+    scheme, separator, _ = url.partition("://")
+    if scheme.lower() == "postgres":
+        raise ConfigError("DATABASE_URL starts with postgres://: write postgresql:// (SQLAlchemy's name)")
+    if not separator or scheme.partition("+")[0].lower() not in DATABASES:
+        raise ConfigError("DATABASE_URL must be a postgresql:// URL (or sqlite:/// outside production)")
+    if draft.production and url.startswith("sqlite"):
         raise ConfigError("DATABASE_URL points at SQLite: production needs PostgreSQL")
 
 
@@ -548,8 +565,8 @@ def _gunicorn(env: Mapping[str, str]) -> dict[str, Any]:
         "control_socket": env.get("GUNICORN_CONTROL_SOCKET", "").strip() or None,
         "access_log": env.get("GUNICORN_ACCESS_LOG", "").strip() or None,
         "error_log": env.get("GUNICORN_ERROR_LOG", "").strip() or "-",
-        "log_level": (env.get("GUNICORN_LOG_LEVEL", "").strip() or env.get("LOG_LEVEL", "").strip()
-                      or "info").lower(),
+        "log_level": _choice(env, "GUNICORN_LOG_LEVEL", LOG_LEVELS,
+                             _choice(env, "LOG_LEVEL", LOG_LEVELS, "INFO")).lower(),
         "forwarded_allow_ips": forwarded,
         "proxy_allow_ips": env.get("PROXY_ALLOW_IPS", "").strip() or forwarded,
     }

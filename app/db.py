@@ -13,7 +13,7 @@ from sqlalchemy import Delete, Select, Update, create_engine, event, exc, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import Executable
 
-from app.config import Settings
+from app.config import ConfigError, Settings
 
 # A connection used this recently is trusted without a ping; one idle longer is pinged
 # first. If the server went away within this window, the request gets a 503 (the pool
@@ -78,7 +78,14 @@ def ping_idle_connections(engine: Engine) -> None:
 
 
 def build_engine(url: str, pool_size: int = 10, statement_timeout_ms: int = 5000) -> Engine:
-    engine = create_engine(url, **engine_options(url, pool_size, statement_timeout_ms))
+    """The engine of DATABASE_URL (nothing connects yet); a URL SQLAlchemy cannot read, or whose
+    driver is not installed, is a ConfigError that never quotes the URL (it may hold a password)."""
+    try:
+        engine = create_engine(url, **engine_options(url, pool_size, statement_timeout_ms))
+    except ImportError:
+        raise ConfigError("DATABASE_URL names a driver that is not installed (postgresql+psycopg is)") from None
+    except (exc.ArgumentError, ValueError):
+        raise ConfigError("DATABASE_URL is not a database URL SQLAlchemy can read") from None
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     else:

@@ -15,7 +15,7 @@ from app.api import register_converters
 from app.cli import register_cli
 from app.config import ConfigError, Settings, gather_environment, load_settings
 from app.cors import register_cors
-from app.db import Database
+from app.db import Database, build_engine
 from app.docs import register_docs
 from app.errors import register_error_handlers
 from app.extensions import jwt
@@ -63,6 +63,7 @@ def check_configuration(config: Mapping[str, object] | None = None) -> Settings:
     """What a start refuses, checked before a server starts (serve.py): the settings, and in
     production a Redis that evicts keys (ConfigError, one line)."""
     settings = load_settings(gather_environment(config), Path(Flask("app").instance_path))
+    build_engine(settings.database_url).dispose()  # a URL it cannot use: refused now, not in every worker
     if settings.is_production:
         client = RedisClient(settings.redis_target, settings.redis_socket_timeout, {})
         try:

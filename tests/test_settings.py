@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, entropy_bits, load_settings
+from app.config import ConfigError, entropy_bits, load_server_settings, load_settings
 from tests.conftest import SECRET
 from tests.support.servers import ROOT
 
@@ -71,17 +71,31 @@ def test_a_setting_that_breaks_a_promise_is_refused_in_one_line(tmp_path, change
     assert message in str(refused.value) and "\n" not in str(refused.value), str(refused.value)
 
 
-@pytest.mark.parametrize("url", ["memcached://127.0.0.1:11211", "redis://127.0.0.1:notaport/0", "redis:///0",
-                                 "redis://127.0.0.1:6379/zero"])
-def test_a_bad_redis_url_is_a_one_line_error(url):
-    env = {**os.environ, "APP_ENV": "production", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",
-           "REDIS_URL": url, "BETTER_AUTH_SECRET": SECRET}
+UNREADABLE = [
+    ("REDIS_URL", "memcached://127.0.0.1:11211"), ("REDIS_URL", "redis://127.0.0.1:notaport/0"),
+    ("REDIS_URL", "redis:///0"), ("REDIS_URL", "redis://127.0.0.1:6379/zero"),
+    ("DATABASE_URL", "mysql://u:hunter2pass@127.0.0.1/x"), ("DATABASE_URL", "postgres://u:hunter2pass@127.0.0.1/x"),
+    ("DATABASE_URL", "postgresql+asyncpg://u:hunter2pass@127.0.0.1/x"),
+    ("DATABASE_URL", "postgresql://u:hunter2pass@127.0.0.1:notaport/x"), ("DATABASE_URL", "127.0.0.1:5432"),
+    ("LOG_LEVEL", "verbose"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), UNREADABLE, ids=[f"{n}={v}" for n, v in UNREADABLE])
+def test_a_value_that_cannot_be_read_is_a_one_line_error_that_quotes_no_password(name, value):
+    env = {**os.environ, **PRODUCTION, name: value}  # nothing to warn of: the error is the one line
     result = subprocess.run([sys.executable, "-c", "import wsgi"], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 78, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("taskgate: configuration error: REDIS_URL"), result.stderr
-    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"taskgate: configuration error: {name}"), result.stderr
+    assert "Traceback" not in result.stderr and "hunter2pass" not in result.stderr, result.stderr
+
+
+def test_the_servers_log_level_is_one_of_logging_s_levels():
+    with pytest.raises(ConfigError, match="GUNICORN_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"):
+        load_server_settings({"GUNICORN_LOG_LEVEL": "loud"})
+    assert load_server_settings({"LOG_LEVEL": "Warning"}).log_level == "warning"
 
 
 @pytest.mark.parametrize("change,message", WARNED, ids=[next(iter(c)) for c, _ in WARNED])
