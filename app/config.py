@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -466,6 +467,11 @@ def load_settings(env: Mapping[str, str], instance_path: Path) -> Settings:
 # --- the servers (serve.py, gunicorn.conf.py) ---------------------------------------------
 
 SERVERS = ("gunicorn", "granian")  # what SERVER may name; the first is the default
+# Bounds far above any sensible value, so that a typo is one line at start, not a server that
+# forks without end, overflows a C integer or waits a day (the rest of each check is the server's).
+MAX_WORKERS, MAX_THREADS, MAX_CONNECTIONS = 256, 1024, 1 << 20
+MAX_SECONDS, MAX_COUNT, MAX_OPEN_FILES = 86_400, 10**9, 1 << 20
+BIND_ADDRESS = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):(\d{1,5})")
 
 
 @dataclass(frozen=True)
@@ -528,11 +534,11 @@ def _cgroup_quota(cgroup: Path) -> float | None:
     return limit / period if limit > 0 and period > 0 else None
 
 
-def _first_int(env: Mapping[str, str], names: tuple[str, ...], default: int) -> int:
+def _first_int(env: Mapping[str, str], names: tuple[str, ...], default: int, maximum: int) -> int:
     """The first of `names` that is set (a server's own variable before the one it shares)."""
     for name in names:
         if env.get(name, "").strip():
-            return _int(env, name, default, minimum=1)
+            return _int(env, name, default, minimum=1, maximum=maximum)
     return default
 
 
@@ -540,27 +546,40 @@ def _bind(env: Mapping[str, str]) -> tuple[str, ...]:
     port = _int(env, "PORT", 8000, minimum=1, maximum=65535)
     bind = tuple(part.strip() for part in env.get("GUNICORN_BIND", f"0.0.0.0:{port}").split(",") if part.strip())
     for address in bind:
-        if not address.startswith("unix:") and not address.rpartition(":")[2].isdigit():
+        found = BIND_ADDRESS.fullmatch(address)
+        if not (address.startswith("unix:") or (found and 0 < int(found[1]) <= 65535)):
             raise ConfigError(f"GUNICORN_BIND must be host:port or unix:PATH, got {address!r}")
     return bind
 
 
+def _addresses(env: Mapping[str, str], name: str, default: str) -> str:
+    """A comma-separated list of IP addresses or networks, or `*` (any)."""
+    value = env.get(name, "").strip() or default
+    for part in _csv(value):
+        if part != "*":
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ConfigError(f"{name} must list IP addresses or networks (or *), got {part!r}") from None
+    return value
+
+
 def _gunicorn(env: Mapping[str, str]) -> dict[str, Any]:
     # Two per CPU, two threads each (gunicorn.conf.py says why; bench/RESULTS.md has the sweeps).
-    workers = _first_int(env, ("GUNICORN_WORKERS", "WEB_CONCURRENCY"), max(2, 2 * cpus_available()))
-    connections = _int(env, "GUNICORN_WORKER_CONNECTIONS", 2000, minimum=1)
-    forwarded = env.get("FORWARDED_ALLOW_IPS", "").strip() or "127.0.0.1"
+    workers = _first_int(env, ("GUNICORN_WORKERS", "WEB_CONCURRENCY"), max(2, 2 * cpus_available()), MAX_WORKERS)
+    connections = _int(env, "GUNICORN_WORKER_CONNECTIONS", 2000, minimum=1, maximum=MAX_CONNECTIONS)
+    forwarded = _addresses(env, "FORWARDED_ALLOW_IPS", "127.0.0.1")
     tmp_dir = env.get("GUNICORN_WORKER_TMP_DIR", "").strip() or ("/dev/shm" if Path("/dev/shm").is_dir() else None)  # noqa: S108
     return {
         "worker_class": env.get("GUNICORN_WORKER_CLASS", "").strip() or "gthread",
         "workers": workers,
-        "threads": _int(env, "GUNICORN_THREADS", 2, minimum=1),
+        "threads": _int(env, "GUNICORN_THREADS", 2, minimum=1, maximum=MAX_THREADS),
         "worker_connections": connections,
-        "keepalive": _int(env, "GUNICORN_KEEPALIVE", 5),
-        "timeout": _int(env, "GUNICORN_TIMEOUT", 30),
-        "max_requests": _int(env, "GUNICORN_MAX_REQUESTS", 0),
-        "max_requests_jitter": _int(env, "GUNICORN_MAX_REQUESTS_JITTER", 1000),
-        "nofile": _int(env, "GUNICORN_NOFILE", connections + 1024, minimum=1),
+        "keepalive": _int(env, "GUNICORN_KEEPALIVE", 5, maximum=MAX_SECONDS),
+        "timeout": _int(env, "GUNICORN_TIMEOUT", 30, maximum=MAX_SECONDS),
+        "max_requests": _int(env, "GUNICORN_MAX_REQUESTS", 0, maximum=MAX_COUNT),
+        "max_requests_jitter": _int(env, "GUNICORN_MAX_REQUESTS_JITTER", 1000, maximum=MAX_COUNT),
+        "nofile": _int(env, "GUNICORN_NOFILE", connections + 1024, minimum=1, maximum=MAX_OPEN_FILES),
         "worker_tmp_dir": tmp_dir,
         "control_socket": env.get("GUNICORN_CONTROL_SOCKET", "").strip() or None,
         "access_log": env.get("GUNICORN_ACCESS_LOG", "").strip() or None,
@@ -568,7 +587,7 @@ def _gunicorn(env: Mapping[str, str]) -> dict[str, Any]:
         "log_level": _choice(env, "GUNICORN_LOG_LEVEL", LOG_LEVELS,
                              _choice(env, "LOG_LEVEL", LOG_LEVELS, "INFO")).lower(),
         "forwarded_allow_ips": forwarded,
-        "proxy_allow_ips": env.get("PROXY_ALLOW_IPS", "").strip() or forwarded,
+        "proxy_allow_ips": _addresses(env, "PROXY_ALLOW_IPS", forwarded),
     }
 
 
@@ -576,10 +595,10 @@ def _granian(env: Mapping[str, str]) -> dict[str, Any]:
     # One per CPU: granian's I/O runs outside the GIL.
     return {
         "granian_workers": _first_int(env, ("GRANIAN_WORKERS", "GUNICORN_WORKERS", "WEB_CONCURRENCY"),
-                                      cpus_available()),
-        "granian_threads": _first_int(env, ("GRANIAN_BLOCKING_THREADS", "GUNICORN_THREADS"), 2),
-        "granian_backpressure": _int(env, "GRANIAN_BACKPRESSURE", 4096, minimum=1),
-        "granian_header_timeout": _int(env, "GRANIAN_HEADER_TIMEOUT", 10, minimum=1),
+                                      cpus_available(), MAX_WORKERS),
+        "granian_threads": _first_int(env, ("GRANIAN_BLOCKING_THREADS", "GUNICORN_THREADS"), 2, MAX_THREADS),
+        "granian_backpressure": _int(env, "GRANIAN_BACKPRESSURE", 4096, minimum=1, maximum=MAX_CONNECTIONS),
+        "granian_header_timeout": _int(env, "GRANIAN_HEADER_TIMEOUT", 10, minimum=1, maximum=MAX_SECONDS),
     }
 
 
@@ -590,10 +609,10 @@ def load_server_settings(env: Mapping[str, str]) -> ServerSettings:
     return ServerSettings(
         server=server,
         bind=_bind(env),
-        backlog=_int(env, "GUNICORN_BACKLOG", 2048, minimum=1),
+        backlog=_int(env, "GUNICORN_BACKLOG", 2048, minimum=1, maximum=65535),
         reuse_port=_bool(env, "GUNICORN_REUSE_PORT", True),
         reuse_port_asked=bool(env.get("GUNICORN_REUSE_PORT", "").strip()),
-        graceful_timeout=_int(env, "GUNICORN_GRACEFUL_TIMEOUT", 25),
+        graceful_timeout=_int(env, "GUNICORN_GRACEFUL_TIMEOUT", 25, maximum=MAX_SECONDS),
         **_gunicorn(env),
         **_granian(env),
     )

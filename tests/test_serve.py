@@ -49,14 +49,32 @@ def test_granian_takes_gunicorns_variables_and_its_own_win(clean_env):
     ({"SERVER": "granian", "GRANIAN_BACKPRESSURE": "0"}, "GRANIAN_BACKPRESSURE must be at least 1, got 0"),
     ({"SERVER": "granian", "GUNICORN_BIND": "127.0.0.1:http"},
      "GUNICORN_BIND must be host:port or unix:PATH, got '127.0.0.1:http'"),
+    ({"GUNICORN_BIND": "127.0.0.1:70000"}, "GUNICORN_BIND must be host:port or unix:PATH, got '127.0.0.1:70000'"),
+    ({"GUNICORN_BIND": "redis://[::1"}, "GUNICORN_BIND must be host:port or unix:PATH, got 'redis://[::1'"),
+    ({"GUNICORN_WORKERS": "99999999999999999999"}, "GUNICORN_WORKERS must be at most 256, got 99999999999999999999"),
+    ({"GUNICORN_TIMEOUT": str(10**12)}, "GUNICORN_TIMEOUT must be at most 86400, got 1000000000000"),
+    ({"SERVER": "granian", "GRANIAN_BACKPRESSURE": str(1 << 40)}, "GRANIAN_BACKPRESSURE must be at most 1048576"),
+    ({"FORWARDED_ALLOW_IPS": "10.0.0.0/8, nan"},
+     "FORWARDED_ALLOW_IPS must list IP addresses or networks (or *), got 'nan'"),
+    ({"PROXY_ALLOW_IPS": "proxy.internal"},
+     "PROXY_ALLOW_IPS must list IP addresses or networks (or *), got 'proxy.internal'"),
+    ({"GUNICORN_LOG_LEVEL": "loud"}, "GUNICORN_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, "
+                                     "got 'loud'"),
 ])
 def test_a_bad_setting_is_one_line_and_exit_78(env, message):
     clean = {k: v for k, v in os.environ.items() if k not in SERVE_VARIABLES}
     result = subprocess.run([sys.executable, "serve.py"], cwd=ROOT, env={**clean, **env}, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 78
-    assert result.stderr.strip() == f"taskgate: configuration error: {message}"
+    assert result.stderr.strip().startswith(f"taskgate: configuration error: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("env", [{"FORWARDED_ALLOW_IPS": "*"}, {"FORWARDED_ALLOW_IPS": "10.0.0.0/8, ::1"},
+                                 {"GUNICORN_BIND": "[::1]:8000,unix:/run/taskgate.sock,:8080"}])
+def test_addresses_that_servers_take_are_accepted(env):
+    load_server_settings(env)
 
 
 def test_the_address_granian_listens_on(clean_env):
