@@ -8,8 +8,8 @@ a bad one is one line and exit 78 before anything starts, as is a bad app settin
 that evicts keys in production. Logs are JSON lines in the app's format (app.logs); /metrics
 adds up every worker's figures (prometheus_client's multiprocess mode) under both.
 
-At its top this module imports only the standard library, app.config and app.logs (which load
-neither the app nor prometheus_client): the app is imported only once PROMETHEUS_MULTIPROC_DIR
+At its top this module imports only the standard library, gunicorn's loader, app.config and
+app.logs (which load neither the app nor prometheus_client): the app is imported only once PROMETHEUS_MULTIPROC_DIR
 is set, and granian only when it is the server. gunicorn.conf.py imports this module too.
 """
 
@@ -22,6 +22,8 @@ import shutil
 import sys
 import tempfile
 from typing import NoReturn
+
+from gunicorn.util import load_class
 
 from app.config import SERVERS, ConfigError, ServerSettings, load_server_settings
 from app.logs import JsonFormatter
@@ -80,10 +82,23 @@ def preflight() -> ServerSettings:
 
     try:
         server = load_server_settings(os.environ)
+        check_worker_class(server)
         check_configuration()
     except ConfigError as error:
         configuration_error(str(error))
     return server
+
+
+def check_worker_class(server: ServerSettings) -> None:
+    """gunicorn's worker class, loaded as gunicorn will load it: one that cannot be is one line
+    here, not gunicorn's traceback."""
+    if server.server != "gunicorn":
+        return
+    try:
+        load_class(server.worker_class, default="gthread", section="gunicorn.workers")
+    except (RuntimeError, ImportError):
+        raise ConfigError(f"GUNICORN_WORKER_CLASS: gunicorn cannot load the worker class {server.worker_class!r} "
+                          "(gthread, the default, and sync always can)") from None
 
 
 def warn_underscore_headers() -> None:

@@ -58,6 +58,7 @@ def test_granian_takes_gunicorns_variables_and_its_own_win(clean_env):
      "FORWARDED_ALLOW_IPS must list IP addresses or networks (or *), got 'nan'"),
     ({"PROXY_ALLOW_IPS": "proxy.internal"},
      "PROXY_ALLOW_IPS must list IP addresses or networks (or *), got 'proxy.internal'"),
+    ({"GUNICORN_WORKER_CLASS": "bogus"}, "GUNICORN_WORKER_CLASS: gunicorn cannot load the worker class 'bogus'"),
     ({"GUNICORN_LOG_LEVEL": "loud"}, "GUNICORN_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, "
                                      "got 'loud'"),
 ])
