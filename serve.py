@@ -21,6 +21,7 @@ import resource
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 from typing import NoReturn
 
 from gunicorn.util import load_class
@@ -69,7 +70,7 @@ def listen_address(bind: tuple[str, ...]) -> dict[str, object]:
     """Where granian listens: the first address gunicorn would bind."""
     first = bind[0]
     if first.startswith("unix:"):
-        return {"uds": first[len("unix:"):]}
+        return {"uds": Path(first[len("unix:"):])}  # granian takes a Path
     host, _, port = first.rpartition(":")
     return {"address": host.strip("[]") or "0.0.0.0", "port": int(port)}  # noqa: S104 - a server's bind
 

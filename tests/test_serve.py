@@ -7,6 +7,7 @@ import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,7 +89,7 @@ def test_the_address_granian_listens_on(clean_env):
     clean_env.setenv("GUNICORN_BIND", "[::1]:8001,127.0.0.1:8002")
     assert address() == {"address": "::1", "port": 8001}
     clean_env.setenv("GUNICORN_BIND", "unix:/run/taskgate.sock")
-    assert address() == {"uds": "/run/taskgate.sock"}
+    assert address() == {"uds": Path("/run/taskgate.sock")}
 
 
 def test_granian_raises_a_low_open_file_limit_for_its_connections():
