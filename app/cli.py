@@ -6,7 +6,8 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 from flask import Flask
 from flask.cli import AppGroup
+from sqlalchemy.exc import DBAPIError
 
 from app.errors import ApiError
 from app.revocation.records import Record
@@ -42,11 +44,23 @@ def _config() -> Config:
     return alembic_config(services().settings.database_url)
 
 
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """A database that cannot be reached, or refuses a migration's statement, is one line and
+    exit status 1, not a traceback."""
+    try:
+        yield
+    except DBAPIError as error:
+        reason = (str(error.orig).strip().splitlines() or [""])[0]
+        raise click.ClickException(f"the database failed: {type(error.orig).__name__}: {reason}") from None
+
+
 @db_cli.command("upgrade")
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
-    command.upgrade(_config(), revision)
+    with database_errors():
+        command.upgrade(_config(), revision)
 
 
 @db_cli.command("wait")
@@ -74,13 +88,15 @@ def db_wait(seconds: int) -> None:
 @click.argument("revision", default="-1")
 def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION (default: one step)."""
-    command.downgrade(_config(), revision)
+    with database_errors():
+        command.downgrade(_config(), revision)
 
 
 @db_cli.command("current")
 def db_current() -> None:
     """Show the revision the database is at."""
-    command.current(_config(), verbose=False)
+    with database_errors():
+        command.current(_config(), verbose=False)
 
 
 @db_cli.command("history")
@@ -94,7 +110,8 @@ def db_history() -> None:
 @click.option("--autogenerate", is_flag=True, help="Diff the models against the database.")
 def db_revision(message: str, autogenerate: bool) -> None:
     """Create a new migration script."""
-    command.revision(_config(), message=message, autogenerate=autogenerate)
+    with database_errors():
+        command.revision(_config(), message=message, autogenerate=autogenerate)
 
 
 def mint_token(
