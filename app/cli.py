@@ -46,8 +46,8 @@ def _config() -> Config:
 
 @contextmanager
 def database_errors() -> Iterator[None]:
-    """A database that cannot be reached, or refuses a migration's statement, is one line and
-    exit status 1, not a traceback."""
+    """A database that cannot be reached, or refuses a statement, is one line and exit status 1,
+    not a traceback (a request gets a 503 for the same: app.errors)."""
     try:
         yield
     except DBAPIError as error:
@@ -169,7 +169,8 @@ def _revoke(action: Callable[[RevocationStore], Record], *ids: str) -> None:
         if not is_identifier(value):
             raise click.ClickException("an id is 1-255 printable characters")
     try:
-        record = action(services().store)
+        with database_errors():
+            record = action(services().store)
     except ApiError as error:
         raise click.ClickException(error.detail) from None
     click.echo(f"revoked {record.kind} {record.target} (until {record.expires_at.isoformat()})")
@@ -228,7 +229,8 @@ def revoke_grant(user_id: str, client_id: str, reason: str | None) -> None:
               help="Keep this many days of history after a revocation stops mattering.")
 def revoke_prune(keep_days: int) -> None:
     """Delete audit rows that can no longer affect any token (expired more than KEEP_DAYS ago)."""
-    deleted = services().store.prune(keep_days * 86400)
+    with database_errors():
+        deleted = services().store.prune(keep_days * 86400)
     click.echo(f"deleted {deleted} revocation records that expired more than {keep_days} days ago")
 
 

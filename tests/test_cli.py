@@ -51,16 +51,19 @@ def test_db_upgrade_downgrade_current(tmp_path):
     engine.dispose()
 
 
-def flask_db(url: str, *args: str) -> subprocess.CompletedProcess:
-    """`flask --app wsgi db ...` as the image's entrypoint runs it."""
+
+
+def flask_cli(url: str, *args: str) -> subprocess.CompletedProcess:
+    """`flask --app wsgi ...` on the database `url`."""
     env = {**os.environ, "APP_ENV": "testing", "DATABASE_URL": url, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": ""}
-    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "db", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
-def test_a_migration_against_an_unreachable_database_is_one_line_that_quotes_no_password():
-    for args in (["upgrade"], ["downgrade", "base"], ["current"]):
-        result = flask_db("postgresql+psycopg://taskgate:pa%24%24w0rd-s3cret@127.0.0.1:1/taskgate", *args)
+def test_a_command_against_an_unreachable_database_is_one_line_that_quotes_no_password():
+    for args in (["db", "upgrade"], ["db", "downgrade", "base"], ["db", "current"], ["revoke", "user", "bob"],
+                 ["revoke", "prune"]):
+        result = flask_cli("postgresql+psycopg://taskgate:pa%24%24w0rd-s3cret@127.0.0.1:1/taskgate", *args)
         errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # JSON: warnings
         assert result.returncode == 1, (args, result.stderr)
         assert errors == [errors[0]] and errors[0].startswith("Error: the database failed: OperationalError"), \
@@ -77,7 +80,7 @@ def test_db_wait_returns_once_the_database_answers(postgres_url):
     url = make_url(postgres_url).set(host="127.0.0.1", port=proxy.port).render_as_string(False)
     threading.Timer(2.5, proxy.start).start()  # the database comes up while the command waits
     try:
-        result = flask_db(url, "wait", "--timeout", "20")
+        result = flask_cli(url, "db", "wait", "--timeout", "20")
     finally:
         proxy.stop()
     lines = logged(result)
@@ -89,7 +92,7 @@ def test_db_wait_returns_once_the_database_answers(postgres_url):
 def test_db_wait_gives_up_in_time_and_never_prints_the_password():
     url = "postgresql+psycopg://taskgate:pa%24%24w0rd-s3cret@127.0.0.1:1/taskgate"
     started = time.monotonic()
-    result = flask_db(url, "wait", "--timeout", "3")
+    result = flask_cli(url, "db", "wait", "--timeout", "3")
     assert result.returncode == 1 and time.monotonic() - started < 30, result.stderr
     assert logged(result)[-1]["message"] == "the database is still unreachable: giving up"
     assert "s3cret" not in result.stdout + result.stderr and "pa$$w0rd" not in result.stderr
