@@ -51,8 +51,6 @@ def test_db_upgrade_downgrade_current(tmp_path):
     engine.dispose()
 
 
-
-
 def flask_cli(url: str, *args: str) -> subprocess.CompletedProcess:
     """`flask --app wsgi ...` on the database `url`."""
     env = {**os.environ, "APP_ENV": "testing", "DATABASE_URL": url, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": ""}
