@@ -355,11 +355,12 @@ def database_default(draft: Draft) -> None:
         draft.values["database_url"] = f"sqlite:///{draft.instance_path / 'taskgate.db'}"
         return
     scheme, separator, _ = url.partition("://")
-    if scheme.lower() == "postgres":
+    dialect = scheme.partition("+")[0].lower()
+    if dialect == "postgres":
         raise ConfigError("DATABASE_URL starts with postgres://: write postgresql:// (SQLAlchemy's name)")
-    if not separator or scheme.partition("+")[0].lower() not in DATABASES:
+    if not separator or dialect not in DATABASES:
         raise ConfigError("DATABASE_URL must be a postgresql:// URL (or sqlite:/// outside production)")
-    if draft.production and url.startswith("sqlite"):
+    if draft.production and dialect == "sqlite":
         raise ConfigError("DATABASE_URL points at SQLite: production needs PostgreSQL")
 
 

@@ -68,6 +68,11 @@ class Replica:
         state = self.client.client.hget(self.layout.bucket(bucket), STATE)
         return None if state is None else int(state)
 
+    def states(self) -> list[int | None]:
+        """Every bucket's state, in one exchange (None: the bucket is lost)."""
+        states = self.client.hget_many([self.layout.bucket(b) for b in range(BUCKETS)], STATE)
+        return [None if state is None else int(state) for state in states]
+
     # --- every bucket -------------------------------------------------------------------
 
     def verify(self, wait: float = -1) -> None:
@@ -83,11 +88,11 @@ class Replica:
             epoch = self.epochs.start()
             # Redis first, then the table: a state above the table's top is then never a race
             # (a revocation is committed before Redis hears of it).
-            states = self.client.hget_many([self.layout.bucket(b) for b in range(BUCKETS)], STATE)
+            states = self.states()
             tops = self.records.tops()
             self.floors.raise_all(tops)
             wrong = [bucket for bucket, state in enumerate(states)
-                     if state is None or not self.floors[bucket] <= int(state) <= tops[bucket]]
+                     if state is None or not self.floors[bucket] <= state <= tops[bucket]]
             if len(wrong) > 1:
                 with ThreadPoolExecutor(min(REPAIR_THREADS, len(wrong)), thread_name_prefix="repair") as pool:
                     list(pool.map(self.repair, wrong))
@@ -105,10 +110,9 @@ class Replica:
             return
         try:
             # Redis first, then the table, as in verify: a state above a top is then never a race.
-            states = self.client.hget_many([self.layout.bucket(b) for b in range(BUCKETS)], STATE)
+            states = self.states()
             tops = self.records.tops()
-            older = [bucket for bucket, top in enumerate(tops)
-                     if top < max(self.floors[bucket], int(states[bucket] or 0))]
+            older = [bucket for bucket, top in enumerate(tops) if top < max(self.floors[bucket], states[bucket] or 0)]
             self.floors.raise_all(tops)
             if not self.client.in_process and self.eviction.changed(read_memory(self.client)):
                 self.epochs.bump()

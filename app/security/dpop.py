@@ -57,7 +57,7 @@ def normalized_url(url: object) -> str | None:
     except ValueError:
         return None
     scheme, host = parts.scheme.lower(), parts.hostname
-    if scheme not in DEFAULT_PORTS or not host or parts.username is not None or "@" in parts.netloc:
+    if scheme not in DEFAULT_PORTS or not host or parts.username is not None:  # any "@" gives a username
         return None
     host = f"[{host}]" if ":" in host else host
     netloc = host if port in (None, DEFAULT_PORTS[scheme]) else f"{host}:{port}"

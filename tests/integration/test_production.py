@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.cli import alembic_config
 from tests.conftest import bearer
 from tests.integration.conftest import METRICS_TOKEN
-from tests.support.servers import ROOT, Gunicorn, free_port, wait_until
+from tests.support.servers import ROOT, Gunicorn, free_port, healthz_over_unix_socket, wait_until
 from tests.support.services import create_postgres_database
 
 pytestmark = pytest.mark.integration
@@ -99,16 +99,9 @@ def test_a_unix_socket_bind_falls_back_to_one_shared_socket(production_env, tmp_
     process = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
-    def healthz() -> bytes:
-        with socket.socket(socket.AF_UNIX) as client:
-            client.settimeout(2)
-            client.connect(str(path))
-            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            return client.recv(100)
-
     try:
-        wait_until(lambda: healthz().startswith(b"HTTP/1.1 200"), 30, "gunicorn on a unix socket")
-        assert all(healthz().startswith(b"HTTP/1.1 200") for _ in range(10))  # both workers answer
+        wait_until(lambda: healthz_over_unix_socket(path).startswith(b"HTTP/1.1 200"), 30, "gunicorn on a unix socket")
+        assert all(healthz_over_unix_socket(path).startswith(b"HTTP/1.1 200") for _ in range(10))  # both workers
     finally:
         process.terminate()
         output = process.communicate(timeout=30)[0].decode()

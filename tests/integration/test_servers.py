@@ -11,14 +11,20 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests.conftest import bearer
 from tests.integration.conftest import METRICS_TOKEN
-from tests.support.servers import ROOT, AppServer, post_across_a_sigterm, tasks_titled, wait_until
+from tests.support.servers import (
+    ROOT,
+    AppServer,
+    healthz_over_unix_socket,
+    post_across_a_sigterm,
+    tasks_titled,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -65,14 +71,6 @@ def test_granian_drops_a_client_that_never_finishes_its_headers(production_env):
         assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
 
 
-def get_over_unix_socket(path: Path, target: str) -> bytes:
-    with socket.socket(socket.AF_UNIX) as client:
-        client.settimeout(5)
-        client.connect(str(path))
-        client.sendall(f"GET {target} HTTP/1.1\r\nHost: taskgate\r\nConnection: close\r\n\r\n".encode())
-        return b"".join(iter(lambda: client.recv(65536), b""))
-
-
 def test_a_unix_socket_in_gunicorn_bind_is_where_the_server_listens(production_env, app_server, tmp_path):
     path = tmp_path / "taskgate.sock"  # granian listens on the first address, gunicorn on all
     server = app_server(production_env, workers=1)
@@ -80,7 +78,7 @@ def test_a_unix_socket_in_gunicorn_bind_is_where_the_server_listens(production_e
     server.process = subprocess.Popen([sys.executable, "serve.py"], cwd=ROOT, env=server.env, stdout=server.log,
                                       stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: get_over_unix_socket(path, "/healthz").startswith(b"HTTP/1.1 200"), 30, server.server)
+        wait_until(lambda: healthz_over_unix_socket(path).startswith(b"HTTP/1.1 200"), 30, server.server)
     except TimeoutError:
         raise AssertionError(f"{server.server} did not answer on {path}:\n{server.output()[-3000:]}") from None
     finally:

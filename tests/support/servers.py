@@ -57,6 +57,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def healthz_over_unix_socket(path: Path) -> bytes:
+    """`GET /healthz` to a server listening on the unix socket `path`: the whole answer."""
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(5)
+        client.connect(str(path))
+        client.sendall(b"GET /healthz HTTP/1.1\r\nHost: taskgate\r\nConnection: close\r\n\r\n")
+        return b"".join(iter(lambda: client.recv(65536), b""))
+
+
 def wait_until(check, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
