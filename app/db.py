@@ -3,6 +3,8 @@ mode (ARCHITECTURE.md, "The data model")."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -10,7 +12,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Delete, Select, Update, create_engine, event, exc, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.sql import Executable
 
 from app.config import ConfigError, Settings
@@ -19,6 +21,7 @@ from app.config import ConfigError, Settings
 # first. If the server went away within this window, the request gets a 503 (the pool
 # then discards every connection of that age) instead of a round trip per request.
 PING_IF_IDLE_SECONDS = 1.0
+HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")  # or an IP address; libpq takes several, comma-separated
 
 
 def engine_options(url: str, pool_size: int, statement_timeout_ms: int) -> dict[str, Any]:
@@ -86,11 +89,28 @@ def build_engine(url: str, pool_size: int = 10, statement_timeout_ms: int = 5000
         raise ConfigError("DATABASE_URL names a driver that is not installed (postgresql+psycopg is)") from None
     except (exc.ArgumentError, ValueError):
         raise ConfigError("DATABASE_URL is not a database URL SQLAlchemy can read") from None
+    check_address(engine.url)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         ping_idle_connections(engine)
     return engine
+
+
+def check_address(url: URL) -> None:
+    """A host that no resolver could take (`postgresql://[`) or a port out of range: refused at
+    start rather than a 503 on every request."""
+    hosts = url.host.split(",") if url.host else []
+    if not all(map(_is_host, hosts)) or (url.port is not None and not 0 < url.port <= 65535):
+        raise ConfigError("DATABASE_URL must name host names or IP addresses, and a port from 1 to 65535")
+
+
+def _is_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return HOST_NAME.fullmatch(host) is not None
+    return True
 
 
 @dataclass(frozen=True)

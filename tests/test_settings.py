@@ -77,6 +77,8 @@ UNREADABLE = [
     ("DATABASE_URL", "mysql://u:hunter2pass@127.0.0.1/x"), ("DATABASE_URL", "postgres://u:hunter2pass@127.0.0.1/x"),
     ("DATABASE_URL", "postgresql+asyncpg://u:hunter2pass@127.0.0.1/x"),
     ("DATABASE_URL", "postgresql://u:hunter2pass@127.0.0.1:notaport/x"), ("DATABASE_URL", "127.0.0.1:5432"),
+    ("DATABASE_URL", "postgresql://u:hunter2pass@[/x"), ("DATABASE_URL", "postgresql://u:hunter2pass@127.0.0.1:65536/x"),
+    ("DATABASE_URL", "postgresql://u:hunter2pass@db host/x"),
     ("LOG_LEVEL", "verbose"),
 ]
 
