@@ -106,6 +106,16 @@ class InsufficientScope(ApiError):
                          headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'})
 
 
+class NoOAuthHere(ApiError):
+    """An OAuth access token on an admin route: no scope opens one, and RFC 6750 §3.1 says so
+    in the challenge (no `scope` to ask for); the body's code stays `forbidden`."""
+
+    def __init__(self) -> None:
+        super().__init__(403, "forbidden", "Admin routes are never open to OAuth access tokens.",
+                         headers={"WWW-Authenticate": 'Bearer error="insufficient_scope", '
+                                                      'error_description="admin routes take no OAuth access token"'})
+
+
 class NotFound(ApiError):
     def __init__(self, detail: str = "The requested resource was not found.") -> None:
         super().__init__(404, "not_found", detail)
