@@ -19,6 +19,7 @@ from flask.cli import AppGroup
 from sqlalchemy.exc import DBAPIError
 
 from app.errors import ApiError
+from app.revocation.layout import BUCKETS
 from app.revocation.records import Record
 from app.revocation.store import RevocationStore
 from app.security.policy import claims_for_revocation
@@ -232,6 +233,19 @@ def revoke_prune(keep_days: int) -> None:
     with database_errors():
         deleted = services().store.prune(keep_days * 86400)
     click.echo(f"deleted {deleted} revocation records that expired more than {keep_days} days ago")
+
+
+@revoke_cli.command("verify")
+def revoke_verify() -> None:
+    """Check every bucket of Redis against the audit table now, and repair those that differ
+    (after restoring Redis or the database; every instance also does it on its own)."""
+    try:
+        with database_errors():
+            repaired = services().store.verify()
+    except ApiError as error:
+        raise click.ClickException(error.detail) from None
+    named = f": {', '.join(map(str, repaired))}" if repaired else ""
+    click.echo(f"Redis verified against the audit table: {BUCKETS} buckets, {len(repaired)} repaired{named}")
 
 
 def register_cli(app: Flask) -> None:

@@ -60,7 +60,7 @@ def flask_cli(url: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_a_command_against_an_unreachable_database_is_one_line_that_quotes_no_password():
     for args in (["db", "upgrade"], ["db", "downgrade", "base"], ["db", "current"], ["revoke", "user", "bob"],
-                 ["revoke", "prune"]):
+                 ["revoke", "verify"], ["revoke", "prune"]):
         result = flask_cli("postgresql+psycopg://taskgate:pa%24%24w0rd-s3cret@127.0.0.1:1/taskgate", *args)
         errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # JSON: warnings
         assert result.returncode == 1, (args, result.stderr)

@@ -268,6 +268,18 @@ def test_cli_revocations_are_recorded_as_the_cli(app, client, make_token):
     assert runner.invoke(args=["revoke", "token", "a.b.c"]).exit_code != 0
 
 
+def test_cli_verify_rebuilds_what_redis_lost_before_any_request_and_says_how_much(app, client, store, make_token):
+    token, runner = make_token("alice"), app.test_cli_runner()
+    assert client.post("/api/v1/auth/logout", headers=bearer(token)).status_code == 204
+    store.client.client.flushall()
+    result = runner.invoke(args=["revoke", "verify"])
+    assert result.exit_code == 0 and f"{BUCKETS} buckets, {BUCKETS} repaired" in result.output, result.output
+    assert all(store.client.hget_many([store.layout.bucket(b) for b in range(BUCKETS)], "state"))
+    assert me(client, token) == "token_revoked"
+    again = runner.invoke(args=["revoke", "verify"])
+    assert again.exit_code == 0 and again.output.endswith(f"{BUCKETS} buckets, 0 repaired\n"), again.output
+
+
 def test_prune_deletes_what_can_no_longer_matter_and_keeps_each_bucket_sequence(app, client, store, make_token):
     now = time.time()
     old = [RevocationTarget("jti", f"old-{n}", now - 40 * 86400, "alice") for n in range(3)]

@@ -75,10 +75,11 @@ class Replica:
 
     # --- every bucket -------------------------------------------------------------------
 
-    def verify(self, wait: float = -1) -> None:
+    def verify(self, wait: float = -1) -> list[int]:
         """Every bucket against the table: missing, behind, or ahead of it (the table came back
         older), it is repaired; then Redis is trusted up to the epoch this verification began in.
-        `wait`: how long to wait for a verification under way in another thread (-1: as long as it takes)."""
+        `wait`: how long to wait for a verification under way in another thread (-1: as long as
+        it takes). Returns the buckets it repaired."""
         if not self._verifying.acquire(timeout=wait):
             log.warning("a request waited for this instance's verification of Redis too long: 503",
                         extra={"fields": {"waited": wait}})
@@ -101,6 +102,7 @@ class Replica:
             self.epochs.verified(epoch)
         finally:
             self._verifying.release()
+        return wrong
 
     def sync(self) -> None:
         """The periodic look: Redis's states, then the table's tops (a table below a state or a

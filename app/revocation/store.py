@@ -100,12 +100,14 @@ class RevocationStore:
         self.replica.verify(wait=LOCK_WAIT_SECONDS)
         self._synced_at = time.monotonic()
 
-    def verify(self) -> None:
-        """Every bucket of Redis against the table, repaired where it differs (`flask revoke verify`)."""
+    def verify(self) -> list[int]:
+        """Every bucket of Redis against the table, repaired where it differs (`flask revoke
+        verify`); returns the buckets repaired."""
         with fail_closed():
             self.channel.drain()
-            self.replica.verify()
+            repaired = self.replica.verify()
             self._synced_at = time.monotonic()
+        return repaired
 
     # --- writes ------------------------------------------------------------------------
 
