@@ -13,7 +13,8 @@ of the deployment files (deploy/, docker/, Dockerfile, docker-compose.yml, Makef
 - dotted modules (`app.revocation.store`, `app.gate.admit`, `blueprints.health:bp`): a module,
   a package, or a name a module defines (a class's too, one level down);
 - Markdown links to local files, and their `#anchors`;
-- cited sections: `ARCHITECTURE.md, "The revocation model"` and `CONTRACT §4`.
+- cited sections: `ARCHITECTURE.md, "The revocation model"` and `CONTRACT §4`;
+- cited commands of taskgate's CLI (`flask --app wsgi revoke verify`, `flask db wait`).
 
 Each test prints every stale reference it finds, with the file and line that cites it.
 """
@@ -28,6 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from app.cli import db_cli, revoke_cli, token_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +64,7 @@ CONTRACT_SECTION = re.compile(r"\bCONTRACT(?:\.md)?(?:\]\([^)]*\))?\s*§\s*(\d+)
 OWN_SECTION = re.compile(r"(?<!RFC )(?<![\w.])§\s*(\d+)(?![.\d])")
 PRODUCT = re.compile(r"[A-Z]\w*\.js")  # Next.js, Node.js: names, not files
 FENCE = re.compile(r"^\s*(```+|~~~+)\s*([\w+-]*)")
+FLASK_COMMAND = re.compile(r"\bflask\s+(?:--app\s+\S+\s+)?(db|token|revoke)\s+([a-z][\w-]*)")
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 
 
@@ -353,6 +357,17 @@ def stale_sections() -> list[str]:
 # --- the tests ---------------------------------------------------------------------------
 
 
+def stale_command(group: str, command: str) -> str | None:
+    commands = {cli.name: cli.commands for cli in (db_cli, token_cli, revoke_cli)}[group]
+    return None if command in commands else f"no command {command!r} in flask {group}"
+
+
+def stale_commands() -> list[str]:
+    return [f"{citation.where()}: flask {group} {command}: {problem}" for citation in citations()
+            for group, command in FLASK_COMMAND.findall(citation.text)
+            if (problem := stale_command(group, command)) is not None]
+
+
 def report(kind: str, stale: list[str]) -> str:
     return f"{len(stale)} stale {kind}:\n  " + "\n  ".join(stale)
 
@@ -386,6 +401,11 @@ def test_cited_sections_exist():
     assert not stale, report("section references", stale)
 
 
+def test_cited_commands_exist():
+    stale = stale_commands()
+    assert not stale, report("command references", stale)
+
+
 def test_the_checks_catch_what_they_should(tmp_path):
     citing = ROOT / "docs" / "CONTRACT.md"
     here = Citation(citing, 1, "")
@@ -407,6 +427,9 @@ def test_the_checks_catch_what_they_should(tmp_path):
     assert [m.group(1) for m in PATH.finditer("see bench/results/<stamp>.json and /etc/nginx/x.conf")] == []
     assert [m.group(1) for m in MODULE.finditer(URL.sub(" ", "see https://app.example.com/x"))] == []
     assert [m.group(1) for m in PATH.finditer("docker/compose's own release")] == []
+    assert FLASK_COMMAND.findall("`flask --app wsgi revoke verify` or flask db wait") == [("revoke", "verify"),
+                                                                                        ("db", "wait")]
+    assert stale_command("revoke", "verify") is None and stale_command("revoke", "list") is not None
     assert names_heading("A request's path", "A request's path, function by function")
     assert not names_heading("Redis", "Redis topologies")
     assert slug("1. Better Auth's `jwt()` plugin (JWKS; recommended)") == "1-better-auths-jwt-plugin-jwks-recommended"
