@@ -21,12 +21,13 @@ import resource
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 from gunicorn.util import load_class
 
-from app.config import SERVERS, ConfigError, ServerSettings, load_server_settings
+from app.config import SERVERS, ConfigError, ServerSettings, Settings, load_server_settings
 from app.logs import JsonFormatter
 
 __all__ = ["SERVERS", "main"]
@@ -75,7 +76,15 @@ def listen_address(bind: tuple[str, ...]) -> dict[str, object]:
     return {"address": host.strip("[]") or "0.0.0.0", "port": int(port)}  # noqa: S104 - a server's bind
 
 
-def preflight() -> ServerSettings:
+@dataclass(frozen=True)
+class Start:
+    """The settings a start was checked against: the server's and the app's."""
+
+    server: ServerSettings
+    app: Settings
+
+
+def preflight() -> Start:
     """The servers' and the app's settings, and what a production start refuses (an evicting
     Redis): one line and exit 78, not a worker failing to boot again and again."""
     prepare_metrics_directory()  # before anything imports prometheus_client (granian forks its workers)
@@ -84,10 +93,9 @@ def preflight() -> ServerSettings:
     try:
         server = load_server_settings(os.environ)
         check_worker_class(server)
-        check_configuration()
+        return Start(server, check_configuration())
     except ConfigError as error:
         configuration_error(str(error))
-    return server
 
 
 def check_worker_class(server: ServerSettings) -> None:
@@ -115,7 +123,8 @@ def warn_underscore_headers() -> None:
                 "see docs/DEPLOY.md), or a client can choose the address its rate limits count")
 
 
-def serve_granian(settings: ServerSettings) -> None:
+def serve_granian(start: Start) -> None:
+    settings = start.server
     raise_open_files_limit(settings.granian_backpressure + 1024)  # its connections, plus database, Redis, files
     os.environ.setdefault("DB_POOL_SIZE", str(settings.granian_threads))  # one connection per app thread
 
@@ -123,14 +132,14 @@ def serve_granian(settings: ServerSettings) -> None:
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
 
-    level = (os.environ.get("LOG_LEVEL", "").strip() or "info").lower()
+    level = start.app.log_level.lower()
     json_logs = {
         "formatters": {"json": {"()": JsonFormatter}},
         "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
         "loggers": {"_granian": {"handlers": ["json"], "level": level.upper(), "propagate": False},
                     "granian.access": {"handlers": ["json"], "level": "INFO", "propagate": False}},
     }
-    if os.environ.get("PROXY_HOPS", "").strip() not in ("", "0"):  # checked by preflight()
+    if start.app.proxy_hops > 0:
         warn_underscore_headers()
     Granian(
         "wsgi:app",
@@ -140,7 +149,7 @@ def serve_granian(settings: ServerSettings) -> None:
         backlog=settings.backlog,
         backpressure=settings.granian_backpressure,
         http1_settings=HTTP1Settings(header_read_timeout=settings.granian_header_timeout * 1000, keep_alive=True),
-        log_level=level if level in ("critical", "error", "warning", "info", "debug") else "info",
+        log_level=level,
         log_dictconfig=json_logs,
         log_access=False,  # the app writes its own access line (app.observability)
         respawn_failed_workers=True,
@@ -150,14 +159,14 @@ def serve_granian(settings: ServerSettings) -> None:
 
 
 def main() -> None:
-    settings = preflight()
-    if settings.server == "gunicorn":
+    start = preflight()
+    if start.server.server == "gunicorn":
         beside = os.path.join(os.path.dirname(sys.executable), GUNICORN[0])  # the venv's, when run from one
         # exec, not a child: gunicorn becomes the process the container's init signals
         if os.access(beside, os.X_OK):
             os.execv(beside, GUNICORN)  # noqa: S606 - a fixed argument list, no shell wanted
         os.execvp(GUNICORN[0], GUNICORN)  # noqa: S606
-    serve_granian(settings)
+    serve_granian(start)
 
 
 if __name__ == "__main__":
