@@ -1,9 +1,11 @@
 """What a production start does with each setting that could weaken a promise: refused in one
-line (ConfigError, exit 78 from serve.py and wsgi.py), warned once at start, or accepted."""
+line (ConfigError, exit 78 from serve.py and wsgi.py), warned once at start, or accepted; and
+every setting the readers take is documented, as every documented one is read."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +134,40 @@ def test_entropy_is_estimated_from_the_characters_used():
     assert entropy_bits("a" * 64) == 0
     assert entropy_bits("ab" * 16) == 32
     assert entropy_bits("0123456789abcdef" * 2) == 128
+
+
+class Reading(dict):
+    """An environment that notes every name a settings reader looks up."""
+
+    def __init__(self, values: dict[str, str], read: set[str]) -> None:
+        super().__init__(values)
+        self.read = read
+
+    def get(self, name, default=None):
+        self.read.add(name)
+        return super().get(name, default)
+
+    def __getitem__(self, name):
+        self.read.add(name)
+        return super().__getitem__(name)
+
+    def __contains__(self, name):
+        self.read.add(name)
+        return super().__contains__(name)
+
+
+def test_every_setting_read_is_documented_and_every_documented_one_is_read(tmp_path):
+    read: set[str] = set()
+    oauth = {**PRODUCTION, "BETTER_AUTH_SECRET": "", "JWKS_URL": "https://auth.example.com/jwks",
+             "OAUTH_RESOURCE_URL": "https://api.example.com", "OAUTH_ISSUER": "https://auth.example.com/api/auth"}
+    for env in ({"APP_ENV": "development"}, PRODUCTION, oauth):
+        load_settings(Reading(env, read), tmp_path)
+    for env in ({}, {"SERVER": "granian"}):
+        load_server_settings(Reading(env, read))
+    documents = (ROOT / "README.md").read_text() + (ROOT / "docs" / "DEPLOY.md").read_text()
+    undocumented = sorted(name for name in read if f"`{name}`" not in documents)
+    assert len(read) > 50 and not undocumented, f"settings read ({len(read)}) that no document names: {undocumented}"
+    rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)`", documents, re.MULTILINE))
+    entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text()  # the image's own, read before Python starts
+    stale = [name for name in rows - read if name not in entrypoint]
+    assert not stale, f"documented settings nothing reads: {stale}"
