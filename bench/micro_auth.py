@@ -69,6 +69,7 @@ def main() -> None:
             command.upgrade(alembic_config(f"sqlite:///{db}"), "head")
             app = create_app({"APP_ENV": "testing", "DATABASE_URL": f"sqlite:///{db}", "BETTER_AUTH_SECRET": SECRET,
                               "REDIS_URL": f"redis://127.0.0.1:{port}/0", "JWKS_URL": jwks.url,
+                              "JWT_ALGORITHMS": "HS256,EdDSA,ES256,RS256",
                               "JWT_ISSUER": "", "JWT_AUDIENCE": "", "LOG_LEVEL": "ERROR"})
             client = app.test_client()
             now = int(time.time())
