@@ -106,7 +106,7 @@ class InsufficientScope(ApiError):
                          headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'})
 
 
-class NoOAuthHere(ApiError):
+class OAuthTokenRefused(ApiError):
     """An OAuth access token on an admin route: no scope opens one, and RFC 6750 §3.1 says so
     in the challenge (no `scope` to ask for); the body's code stays `forbidden`."""
 

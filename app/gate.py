@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from flask import Request
 
-from app.errors import ApiError, InsufficientScope, NoOAuthHere, TokenRejected, Unauthorized
+from app.errors import ApiError, InsufficientScope, OAuthTokenRefused, TokenRejected, Unauthorized
 from app.security import dpop, policy
 from app.security.authz import require_admin
 from app.security.tokens import Principal
@@ -112,7 +112,7 @@ def authorize(principal: Principal, auth: str, scope: str | None) -> None:
     """An admin route takes first-party admins only; an OAuth token needs the route's scope."""
     if auth == "admin":
         if principal.oauth:
-            raise NoOAuthHere()
+            raise OAuthTokenRefused()
         require_admin(principal)
     if scope is not None and principal.scopes is not None and scope not in principal.scopes:
         raise InsufficientScope(scope)
