@@ -5,19 +5,14 @@ client, by session, by token."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import time
 import uuid
 
-import jwt as pyjwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from app.security.dpop import thumbprint
 from app.services import services
 from tests.conftest import SECRET, answer, bearer, encode
+from tests.support.dpop import DpopKey
 from tests.support.jwks_server import JwksServer, SigningKey
 
 # Every route on both databases: PostgreSQL runs reads on psycopg's cursor (app/db.py).
@@ -197,22 +192,8 @@ def test_the_openapi_document_declares_the_scopes_on_each_operation(client):
 # --- DPoP --------------------------------------------------------------------------------------
 
 
-class Proofs:
-    """A client's DPoP key, and proofs of it for one request."""
-
-    def __init__(self) -> None:
-        self.private = ec.generate_private_key(ec.SECP256R1())
-        self.jwk = json.loads(pyjwt.get_algorithm_by_name("ES256").to_jwk(self.private.public_key()))
-        self.jkt = thumbprint(self.jwk)
-
-    def proof(self, method: str, url: str, token: str, **change) -> str:
-        ath = base64.urlsafe_b64encode(hashlib.sha256(token.encode()).digest()).rstrip(b"=").decode()
-        claims = {"jti": uuid.uuid4().hex, "htm": method, "htu": url, "iat": int(time.time()), "ath": ath, **change}
-        return pyjwt.encode(claims, self.private, "ES256", headers={"typ": "dpop+jwt", "jwk": self.jwk})
-
-
 def test_a_dpop_bound_token_needs_a_fresh_proof_of_its_key_for_this_request(client, key):
-    holder = Proofs()
+    holder = DpopKey()
     token = oauth_token(key, cnf={"jkt": holder.jkt})
     url = "http://localhost/api/v1/tasks"
 
@@ -225,7 +206,7 @@ def test_a_dpop_bound_token_needs_a_fresh_proof_of_its_key_for_this_request(clie
     assert get({"Authorization": f"DPoP {token}", "DPoP": proof}) == "invalid_dpop_proof"  # replayed
     assert get(bearer(token)) == "invalid_dpop_proof"  # a stolen bound token alone
     assert get({"Authorization": f"DPoP {token}"}) == "invalid_dpop_proof"  # no proof
-    other = Proofs()
+    other = DpopKey()
     assert get({"Authorization": f"DPoP {token}", "DPoP": other.proof("GET", url, token)}) == "invalid_dpop_proof"
     for change in ({"htm": "POST"}, {"htu": "http://localhost/api/v1/tasks/1"}, {"ath": "x"},
                    {"iat": int(time.time()) - 3600}):
@@ -237,7 +218,7 @@ def test_a_dpop_bound_token_needs_a_fresh_proof_of_its_key_for_this_request(clie
 
 def test_a_dpop_proof_names_this_request_s_url_in_any_equivalent_spelling(client, key):
     """RFC 9449 §4.3: htu compared after RFC 3986 normalization, without query or fragment."""
-    holder = Proofs()
+    holder = DpopKey()
     token = oauth_token(key, cnf={"jkt": holder.jkt})
     for htu in ("HTTP://LocalHost:80/api/v1/tasks", "http://localhost/api/v1/%74asks?status=all#top"):
         proof = holder.proof("GET", htu, token)

@@ -736,14 +736,18 @@ class BetterAuthIssuer:
                 break
         return url, signed_in, steps
 
-    def oauth_token(self, client: OAuthClient, grant: Authorization, resource: str | None = None) -> dict[str, Any]:
+    def oauth_token(self, client: OAuthClient, grant: Authorization, resource: str | None = None,
+                    dpop: str | None = None) -> dict[str, Any]:
         """The token request (``authorization_code``, a public client: client_id and the PKCE
-        verifier, no secret, no Origin), naming ``resource`` as the authorization request did."""
+        verifier, no secret, no Origin), naming ``resource`` as the authorization request did;
+        with a ``dpop`` proof, for a token bound to the proof's key (RFC 9449)."""
         form = {"grant_type": "authorization_code", "code": grant.code or "", "code_verifier": grant.verifier,
                 "redirect_uri": client.redirect_uri, "client_id": client.client_id}
         if resource is not None:
             form["resource"] = resource
-        return self._expect(self._request("POST", "/api/auth/oauth2/token", form=form, origin=False), "oauth2/token")
+        headers = {"DPoP": dpop} if dpop is not None else None
+        return self._expect(self._request("POST", "/api/auth/oauth2/token", form=form, origin=False, headers=headers),
+                            "oauth2/token")
 
     def oauth_refresh(self, client: OAuthClient, refresh_token: str, resource: str | None = None) -> Response:
         """A refresh token request; the raw answer (a refused refresh is a 400 to look at)."""

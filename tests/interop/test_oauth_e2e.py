@@ -37,6 +37,7 @@ from tests.interop.issuer import (
     Session,
     decode_unverified,
 )
+from tests.support.dpop import DpopKey
 from tests.support.servers import AppServer, production_env
 from tests.support.services import redis_key_prefix, require_redis
 
@@ -309,6 +310,35 @@ def test_scopes_decide_what_an_app_may_do_and_first_party_tokens_are_unchanged(d
         mine = deployment.call(instance, "POST", "/api/v1/tasks", first_party, json={"title": "mine"})
         assert mine.status_code == 201, mine.text
         assert deployment.call(instance, "GET", "/api/v1/admin/revocations", first_party).status_code == 200
+
+
+def test_a_dpop_bound_token_from_the_provider_needs_a_fresh_proof_of_its_key_on_each_instance(
+        deployment: Deployment):
+    client, holder = deployment.issuer.oauth_register("dpop"), DpopKey()
+    authorization = deployment.issuer.oauth_authorize(client, "tasks:read", deployment.resource,
+                                                      session=deployment.user())
+    token_endpoint = f"{deployment.oauth_issuer}/oauth2/token"
+    response = deployment.issuer.oauth_token(client, authorization, deployment.resource,
+                                             dpop=holder.proof("POST", token_endpoint))
+    token = response["access_token"]
+    header, claims = decode_unverified(token)
+    assert response["token_type"] == "DPoP" and header["typ"] == "at+jwt", (response, header)
+    assert claims["cnf"] == {"jkt": holder.jkt}, claims
+
+    def listed(url: str, proof: str | None, scheme: str = "DPoP") -> requests.Response:
+        headers = {"Authorization": f"{scheme} {token}", **({"DPoP": proof} if proof else {})}
+        return requests.get(url, headers=headers, timeout=HTTP_TIMEOUT)
+
+    for instance in deployment.instances:
+        url = f"{instance.url}/api/v1/tasks"
+        proof = holder.proof("GET", url, token)
+        first = listed(url, proof)
+        assert first.status_code == 200, (instance.server, first.text)
+        stranger = DpopKey().proof("GET", url, token)  # another key's proof
+        for refused in (listed(url, proof), listed(url, None, "Bearer"), listed(url, stranger)):
+            assert refused.status_code == 401 and refused.json()["code"] == "invalid_dpop_proof", \
+                (instance.server, refused.status_code, refused.text)
+            assert refused.headers["WWW-Authenticate"].startswith("DPoP"), refused.headers
 
 
 # --- how access ends -------------------------------------------------------------------------
