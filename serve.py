@@ -132,11 +132,10 @@ def serve_granian(start: Start) -> None:
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
 
-    level = start.app.log_level.lower()
     json_logs = {
         "formatters": {"json": {"()": JsonFormatter}},
         "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
-        "loggers": {"_granian": {"handlers": ["json"], "level": level.upper(), "propagate": False},
+        "loggers": {"_granian": {"handlers": ["json"], "level": start.app.log_level, "propagate": False},
                     "granian.access": {"handlers": ["json"], "level": "INFO", "propagate": False}},
     }
     if start.app.proxy_hops > 0:
@@ -149,7 +148,7 @@ def serve_granian(start: Start) -> None:
         backlog=settings.backlog,
         backpressure=settings.granian_backpressure,
         http1_settings=HTTP1Settings(header_read_timeout=settings.granian_header_timeout * 1000, keep_alive=True),
-        log_level=level,
+        log_level=start.app.log_level.lower(),
         log_dictconfig=json_logs,
         log_access=False,  # the app writes its own access line (app.observability)
         respawn_failed_workers=True,

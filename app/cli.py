@@ -46,21 +46,24 @@ def _config() -> Config:
 
 
 @contextmanager
-def database_errors() -> Iterator[None]:
-    """A database that cannot be reached, or refuses a statement, is one line and exit status 1,
-    not a traceback (a request gets a 503 for the same: app.errors)."""
+def command_errors() -> Iterator[None]:
+    """A database that cannot be reached or refuses a statement, or what a request would get as
+    an API error (Redis unavailable: a 503; a token that cannot be read), is one line and exit
+    status 1, not a traceback."""
     try:
         yield
     except DBAPIError as error:
         reason = (str(error.orig).strip().splitlines() or [""])[0]
         raise click.ClickException(f"the database failed: {type(error.orig).__name__}: {reason}") from None
+    except ApiError as error:
+        raise click.ClickException(error.detail) from None
 
 
 @db_cli.command("upgrade")
 @click.argument("revision", default="head")
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
-    with database_errors():
+    with command_errors():
         command.upgrade(_config(), revision)
 
 
@@ -89,14 +92,14 @@ def db_wait(seconds: int) -> None:
 @click.argument("revision", default="-1")
 def db_downgrade(revision: str) -> None:
     """Revert migrations down to REVISION (default: one step)."""
-    with database_errors():
+    with command_errors():
         command.downgrade(_config(), revision)
 
 
 @db_cli.command("current")
 def db_current() -> None:
     """Show the revision the database is at."""
-    with database_errors():
+    with command_errors():
         command.current(_config(), verbose=False)
 
 
@@ -111,7 +114,7 @@ def db_history() -> None:
 @click.option("--autogenerate", is_flag=True, help="Diff the models against the database.")
 def db_revision(message: str, autogenerate: bool) -> None:
     """Create a new migration script."""
-    with database_errors():
+    with command_errors():
         command.revision(_config(), message=message, autogenerate=autogenerate)
 
 
@@ -169,11 +172,8 @@ def _revoke(action: Callable[[RevocationStore], Record], *ids: str) -> None:
     for value in ids:
         if not is_identifier(value):
             raise click.ClickException("an id is 1-255 printable characters")
-    try:
-        with database_errors():
-            record = action(services().store)
-    except ApiError as error:
-        raise click.ClickException(error.detail) from None
+    with command_errors():
+        record = action(services().store)
     click.echo(f"revoked {record.kind} {record.target} (until {record.expires_at.isoformat()})")
 
 
@@ -199,10 +199,8 @@ def revoke_session(sid: str, reason: str | None) -> None:
 def revoke_token(jti_or_token: str, reason: str | None) -> None:
     """Revoke one token, given its jti or the token itself."""
     if jti_or_token.count(".") == 2:
-        try:
+        with command_errors():
             claims = claims_for_revocation(jti_or_token, services().settings, services().keys)
-        except ApiError as error:
-            raise click.ClickException(error.detail) from None
         _revoke(lambda store: store.revoke_token(claims, token_digest(claims), "cli", reason))
     else:
         _revoke(lambda store: store.revoke_jti(jti_or_token, "cli", reason), jti_or_token)
@@ -230,7 +228,7 @@ def revoke_grant(user_id: str, client_id: str, reason: str | None) -> None:
               help="Keep this many days of history after a revocation stops mattering.")
 def revoke_prune(keep_days: int) -> None:
     """Delete audit rows that can no longer affect any token (expired more than KEEP_DAYS ago)."""
-    with database_errors():
+    with command_errors():
         deleted = services().store.prune(keep_days * 86400)
     click.echo(f"deleted {deleted} revocation records that expired more than {keep_days} days ago")
 
@@ -239,11 +237,8 @@ def revoke_prune(keep_days: int) -> None:
 def revoke_verify() -> None:
     """Check every bucket of Redis against the audit table now, and repair those that differ
     (after restoring Redis or the database; every instance also does it on its own)."""
-    try:
-        with database_errors():
-            repaired = services().store.verify()
-    except ApiError as error:
-        raise click.ClickException(error.detail) from None
+    with command_errors():
+        repaired = services().store.verify()
     named = f": {', '.join(map(str, repaired))}" if repaired else ""
     click.echo(f"Redis verified against the audit table: {BUCKETS} buckets, {len(repaired)} repaired{named}")
 

@@ -76,7 +76,9 @@ def test_a_bad_setting_is_one_line_and_exit_78(env, message):
 @pytest.mark.parametrize("env", [{"FORWARDED_ALLOW_IPS": "*"}, {"FORWARDED_ALLOW_IPS": "10.0.0.0/8, ::1"},
                                  {"GUNICORN_BIND": "[::1]:8000,unix:/run/taskgate.sock,:8080"}])
 def test_addresses_that_servers_take_are_accepted(env):
-    load_server_settings(env)
+    settings = load_server_settings(env)
+    taken = {"FORWARDED_ALLOW_IPS": settings.forwarded_allow_ips, "GUNICORN_BIND": ",".join(settings.bind)}
+    assert all(taken[name] == value for name, value in env.items()), (env, taken)
 
 
 def test_the_address_granian_listens_on(clean_env):
