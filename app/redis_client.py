@@ -138,8 +138,7 @@ class RedisClient:
                 raise
             except (RedisConnectionError, RedisTimeoutError):
                 # A restart or a failover broke every kept connection, not just this one.
-                kept, self._idle = self._idle, []
-                for broken in (connection, *kept):
+                for broken in (connection, *self._take_idle()):
                     self._give_back(broken)
                 if attempt == 2:
                     raise
@@ -159,6 +158,16 @@ class RedisClient:
             return self._idle.pop()  # atomic: two threads never get the same connection
         except IndexError:
             return self._client.connection_pool.get_connection()
+
+    def _take_idle(self) -> list[Any]:
+        """Every kept connection, each by one atomic pop of the list `_borrow` pops from: a
+        connection another thread borrows meanwhile is its own, never also taken here."""
+        taken = []
+        while True:
+            try:
+                taken.append(self._idle.pop())
+            except IndexError:
+                return taken
 
     def _give_back(self, connection: Any) -> None:
         connection.disconnect()

@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from app.revocation.layout import bucket_of, session_field
+from app.services import services
 from tests.conftest import bearer, me
 
 
@@ -129,3 +131,42 @@ def test_anonymous_endpoints_carry_their_ip_policy(client):
     assert response.headers["RateLimit-Policy"] == '"ip";q=3;w=60'
     assert response.headers["RateLimit"].startswith('"ip";r=2;t=')
     assert "RateLimit" not in client.get("/healthz").headers
+
+
+class TestACheckAskedAgain:
+    @pytest.fixture
+    def settings_overrides(self):  # no periodic sync: Redis behind is found by the check itself
+        return {"RATE_LIMITS_ENABLED": "true", "RATE_LIMIT_USER": "5/minute", "REVOCATION_SYNC_SECONDS": "60"}
+
+    @pytest.fixture
+    def lost_session(self, app, client, make_token, monkeypatch) -> tuple[str, list[int]]:
+        """A session of dave's bucket revoked, then lost by Redis (one revocation behind this
+        instance); returns the session id and the count each check round's answer carries."""
+        store = services(app).store
+        bucket = bucket_of("dave")
+        sid = next(s for s in (f"session-{i}" for i in range(1000)) if bucket_of(s) == bucket)
+        admin = bearer(make_token("root", role="admin"))
+        assert client.post(f"/api/v1/admin/sessions/{sid}/revoke", headers=admin).status_code == 200
+        redis, key = store.client.client, store.layout.bucket(bucket)
+        redis.hset(key, "state", int(redis.hget(key, "state")) - 1)
+        redis.hdel(key, session_field(sid))
+        asked: list[int] = []
+        ask = store.checks.ask
+        monkeypatch.setattr(store.checks, "ask", lambda *args: asked.append((answer := ask(*args)).count) or answer)
+        return sid, asked
+
+    def counted(self, app) -> str | None:
+        return services(app).store.client.client.get(services(app).rate_limits.user_window("dave").key)
+
+    def test_after_repairing_redis_counts_the_request_once(self, app, client, make_token, lost_session):
+        _, asked = lost_session
+        response = client.get("/api/v1/tasks", headers=bearer(make_token("dave")))
+        assert response.status_code == 200 and len(asked) == 2, f"counts of the check's rounds: {asked}"
+        counted = self.counted(app)
+        assert counted == "1" and response.headers["RateLimit"].startswith('"user";r=4;'), (counted, response.headers)
+
+    def test_a_token_found_revoked_after_the_repair_spends_nothing(self, app, client, make_token, lost_session):
+        sid, asked = lost_session
+        assert me(client, make_token("dave", sid=sid)) == "token_revoked"
+        assert asked == [1, 0], f"counts of the check's rounds: {asked}"
+        assert self.counted(app) == "0"

@@ -99,9 +99,13 @@ class Checks:
             count = max(count, reply.count)
             states += zip(group, reply.states, strict=True)
         if revoked and count and window is not None:
-            # Cluster only: the user's bucket counted a token another bucket revokes; give it back.
-            self.client.client.decr(window.key)
+            self.give_back(window)  # Cluster only: the user's bucket counted a token another bucket revokes
+            count = 0
         return Answer(revoked, count, tuple(states), False)
+
+    def give_back(self, window: Window) -> None:
+        """Uncount a request counted in `window` whose token turned out to be revoked."""
+        self.client.client.decr(window.key)
 
     def _call(self, principal: Principal, window: Window | None, group: Sequence[int],
               by_bucket: dict[int, Fields], user_bucket: int) -> ScriptCall:

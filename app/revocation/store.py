@@ -68,10 +68,12 @@ class RevocationStore:
         request's count in it. Three cases: Redis trusted (the answer stands), a bucket behind
         this instance's floor (repaired, asked again), Redis not verified since it may have been
         replaced or lost data (verified, asked again)."""
+        counted = 0  # the request is counted in `window` once, by the first round that reached the INCR
         with fail_closed():
             for _ in range(ATTEMPTS):
                 self._keep_current()
-                answer = self.checks.ask(principal, window)
+                answer = self.checks.ask(principal, None if counted else window)
+                counted = counted or answer.count
                 self.channel.drain()  # after the answer: every floor published before it is heard
                 if answer.lost or not self.epochs.trusted:
                     self._verify()
@@ -83,7 +85,9 @@ class RevocationStore:
                 for bucket, state in answer.states:
                     self.floors.raise_to(bucket, state)
                 labelled(REVOCATION_CHECKS, "revoked" if answer.revoked else "ok").inc()
-                return Verdict(answer.revoked, answer.count)
+                if answer.revoked and counted and window is not None:
+                    self.checks.give_back(window)
+                return Verdict(answer.revoked, 0 if answer.revoked else counted)
         log.warning("Redis was still behind or unverified after every round of a check: 503",
                     extra={"fields": {"rounds": ATTEMPTS}})
         raise ServiceUnavailable(RESTORING)
