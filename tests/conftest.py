@@ -17,7 +17,9 @@ from alembic import command
 from app.cli import alembic_config
 from app.factory import create_app
 from app.services import services
-from tests.support.services import create_postgres_database
+from tests.support.jwks_server import JwksServer
+from tests.support.redis_topologies import PersistentRedis
+from tests.support.services import create_postgres_database, require_redis
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 TokenFactory = Callable[..., str]
@@ -121,6 +123,12 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture
+def store(app):
+    """The app's revocation store."""
+    return services(app).store
+
+
 def encode(claims: dict[str, Any], key: Any = SECRET, algorithm: str = "HS256",
            headers: dict[str, Any] | None = None) -> str:
     return pyjwt.encode(claims, key, algorithm=algorithm, headers=headers)
@@ -172,3 +180,18 @@ def me_at(server: Any, token: str, timeout: float = 10) -> int | str:
 def as_user(make_token: TokenFactory) -> Callable[[str], dict[str, str]]:
     """as_user("alice") -> headers carrying a fresh token for alice."""
     return lambda user_id, **claims: bearer(make_token(user_id, **claims))
+
+
+@pytest.fixture
+def jwks() -> Iterator[JwksServer]:
+    """A JWKS endpoint on loopback, empty until a test publishes a key."""
+    with JwksServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_node() -> Iterator[PersistentRedis]:
+    """A private redis-server of the test's own, which it can snapshot and restart from a snapshot."""
+    require_redis()
+    with PersistentRedis() as node:
+        yield node

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from app.services import services
 from tests.conftest import SECRET, encode, me
-from tests.support.jwks_server import JwksServer, SigningKey
+from tests.support.jwks_server import SigningKey
 
 # Every route on both databases: PostgreSQL runs reads on psycopg's cursor (app/db.py).
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
@@ -197,11 +197,6 @@ class TestFailuresAreRateLimited:
 
 
 class TestJwksMode:
-    @pytest.fixture
-    def jwks(self):
-        with JwksServer() as server:
-            yield server
-
     @pytest.fixture
     def settings_overrides(self, jwks):
         return {"JWKS_URL": jwks.url, "BETTER_AUTH_SECRET": "", "JWT_ISSUER": ISSUER, "JWT_AUDIENCE": ISSUER}

@@ -22,12 +22,6 @@ ISSUER = "https://auth.example.com"
 
 
 @pytest.fixture
-def jwks():
-    with JwksServer() as server:
-        yield server
-
-
-@pytest.fixture
 def settings_overrides(jwks):
     return {"JWKS_URL": jwks.url, "BETTER_AUTH_SECRET": "", "JWT_ISSUER": ISSUER, "JWT_AUDIENCE": ISSUER,
             "JWKS_MIN_REFETCH_SECONDS": "5", "JWKS_TIMEOUT_SECONDS": "1"}

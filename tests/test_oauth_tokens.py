@@ -13,7 +13,7 @@ import pytest
 from app.services import services
 from tests.conftest import SECRET, answer, bearer, encode
 from tests.support.dpop import DpopKey
-from tests.support.jwks_server import JwksServer, SigningKey
+from tests.support.jwks_server import SigningKey
 
 # Every route on both databases: PostgreSQL runs reads on psycopg's cursor (app/db.py).
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
@@ -22,12 +22,6 @@ BETTER_AUTH = "https://auth.example.com"
 OAUTH_ISSUER = f"{BETTER_AUTH}/api/auth"
 RESOURCE = "https://api.example.com"
 METADATA = f'resource_metadata="{RESOURCE}/.well-known/oauth-protected-resource"'
-
-
-@pytest.fixture
-def jwks():
-    with JwksServer() as server:
-        yield server
 
 
 @pytest.fixture

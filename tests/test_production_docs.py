@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.integration.test_container import RUN_OPTIONS
-from tests.support.containers import BASE_MIRROR, BASE_PACKAGES, BASE_SUITE
+from tests.support.containers import BASE_MIRROR, BASE_PACKAGES, BASE_SUITE, RUN_OPTIONS
 from tests.support.nginx import SUBSTITUTED
 from tests.support.servers import ROOT
 

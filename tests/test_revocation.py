@@ -16,14 +16,10 @@ from app.revocation.layout import BUCKETS, bucket_of
 from app.revocation.targets import RevocationTarget
 from app.services import services
 from tests.conftest import SECRET, answer, bearer, encode, me
+from tests.support.clock import next_second
 
 # Every route on both databases: PostgreSQL runs reads on psycopg's cursor (app/db.py).
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
-
-
-@pytest.fixture
-def store(app):
-    return services(app).store
 
 
 @pytest.fixture
@@ -39,11 +35,6 @@ def stored(store, owner: str, field: str) -> str | None:
 
 def audit_rows(app) -> list[dict]:
     return [dict(r._mapping) for r in services(app).database.rows(sa.text("SELECT * FROM revocations ORDER BY id"))]
-
-
-def after_this_second() -> None:
-    """Sleep into the next whole second: a token minted now has an `iat` past a cutoff made now."""
-    time.sleep(1.05 - time.time() % 1)
 
 
 def test_logout_revokes_this_token_only(client, make_token):
@@ -118,7 +109,7 @@ def test_a_token_issued_ahead_of_the_clock_does_not_survive_logout_everywhere(cl
     assert client.post("/api/v1/auth/logout", json={"everywhere": True},
                        headers=bearer(make_token("alice"))).status_code == 204
     assert me(client, ahead) == "token_revoked"
-    after_this_second()
+    next_second()
     assert me(client, make_token("alice")) == 200  # a token minted after it, by a right clock
 
 
@@ -128,7 +119,7 @@ def test_a_token_issued_ahead_of_the_clock_does_not_survive_an_admin_revoking_th
     assert me(client, ahead) == 200
     assert client.post("/api/v1/admin/users/bob/revoke", headers=as_user("root", role="admin")).status_code == 200
     assert me(client, ahead) == "token_revoked"
-    after_this_second()
+    next_second()
     assert me(client, make_token("bob")) == 200
 
 

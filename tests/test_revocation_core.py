@@ -25,12 +25,6 @@ from app.revocation.records import Record
 from app.revocation.replica import LOCK_MS, Replica
 from app.revocation.replies import Applied, apply_reply, check_reply, user_cutoff_reply
 from app.revocation.targets import RevocationTarget
-from app.services import services
-
-
-@pytest.fixture
-def store(app):
-    return services(app).store
 
 
 def jti_target(jti: str, seconds: float = 600) -> RevocationTarget:

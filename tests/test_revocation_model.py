@@ -22,7 +22,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,7 +42,6 @@ from app.factory import build_services
 from app.security.tokens import principal_from_claims, token_digest
 from app.services import Services
 from tests.support.redis_topologies import PersistentRedis
-from tests.support.services import require_redis
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("REVOCATION_MODEL_EXAMPLES", "12"))
@@ -89,13 +87,6 @@ class Revocation:
         if self.kind == "session":
             return token.sid == self.value
         return token.user == self.value and token.iat <= self.cutoff
-
-
-@pytest.fixture(scope="module")
-def redis_node() -> Iterator[PersistentRedis]:
-    require_redis()
-    with PersistentRedis() as node:
-        yield node
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -5,23 +5,13 @@ over the new connection says, no bucket of the older Redis is trusted before it 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from app.revocation.layout import bucket_of
 from tests.conftest import bearer, me
-from tests.support.redis_topologies import PersistentRedis
-from tests.support.services import require_redis
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def redis_node() -> Iterator[PersistentRedis]:
-    require_redis()
-    with PersistentRedis() as node:
-        yield node
 
 
 @pytest.fixture

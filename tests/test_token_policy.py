@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import time
 
 import pytest
 
 from app.security.dpop import normalized_url
 from tests.conftest import SECRET, bearer, encode, me
-
-
-def now() -> int:
-    return int(time.time())
-
+from tests.support.attacks import b64
+from tests.support.clock import now
 
 HS256_HEADER = b'{"alg":"HS256"}'
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def unsigned(header: dict, payload: dict, signature: str = "") -> str:

@@ -21,16 +21,13 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SECRET, bearer
-from tests.support.containers import Dockerd, build_image, ensure_base_image, image_size
+from tests.support.containers import RUN_OPTIONS, Dockerd, build_image, ensure_base_image, image_size
 from tests.support.servers import ROOT, free_port, post_across_a_sigterm, tasks_titled, wait_until
 from tests.support.services import create_postgres_database, redis_key_prefix, require_redis
 
 pytestmark = pytest.mark.integration
 
 IMAGE = "taskgate:test"
-# The flags production should use too (docs/DEPLOY.md, "Running in production").
-RUN_OPTIONS = ("--read-only", "--tmpfs", "/tmp:rw,noexec,nosuid,nodev,size=64m", "--cap-drop", "ALL",
-               "--security-opt", "no-new-privileges")
 # Not in the build context: what .dockerignore leaves out of the copy below (and the image).
 NOT_COPIED = {".git", ".venv", "node_modules", "__pycache__", ".pytest_cache", ".ruff_cache", "instance"}
 

@@ -8,17 +8,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from urllib.parse import quote
 
 import pytest
 import requests
 
-from app.config import SERVERS
 from tests.conftest import bearer, me_at
 from tests.support.redis_topologies import ClusterSet, PersistentRedis, SentinelSet
-from tests.support.servers import AppServer, RedisServer
+from tests.support.servers import AppServer, RedisServer, instances, wait_until
 
 pytestmark = pytest.mark.integration
 SERVED_AGAIN_WITHIN = 15.0
@@ -26,13 +23,6 @@ SERVED_AGAIN_WITHIN = 15.0
 
 
 
-
-
-@contextmanager
-def instances(env: dict[str, str], count: int) -> Iterator[list[AppServer]]:
-    """`count` instances of taskgate on one Redis and one database, the servers taken in turn."""
-    with ExitStack() as stack:
-        yield [stack.enter_context(AppServer(env, workers=2, server=SERVERS[i % len(SERVERS)])) for i in range(count)]
 
 
 class Revoked:
@@ -79,17 +69,6 @@ def late_sid(token: str) -> str:
     return pyjwt.decode(token, options={"verify_signature": False})["sid"]
 
 
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout} s")
-        time.sleep(0.1)
-
-
 # --- Redis older than the database ---------------------------------------------------------
 
 
@@ -110,7 +89,7 @@ def test_a_redis_restored_from_an_older_snapshot_never_lets_a_revoked_token_back
         for server in reversed(servers):  # the first request after the restart, on every instance
             revoked.never_accepted(server)
         for server in servers:
-            wait_for(lambda s=server: me_at(s, revoked.good) == 200, 10, "the good token works again")
+            wait_until(lambda s=server: me_at(s, revoked.good) == 200, 10, "the good token works again")
         revoked.assert_all_revoked(servers)
 
 
@@ -125,7 +104,7 @@ def test_a_lost_aof_tail_never_lets_a_revoked_token_back(production_env, make_to
         for server in servers:
             revoked.never_accepted(server)
         for server in servers:
-            wait_for(lambda s=server: me_at(s, revoked.good) == 200, 10, "the good token works again")
+            wait_until(lambda s=server: me_at(s, revoked.good) == 200, 10, "the good token works again")
         revoked.assert_all_revoked(servers)
 
 
@@ -225,7 +204,7 @@ def test_cluster_every_revocation_holds_and_each_shard_losing_its_data_is_repair
             for server in servers:
                 revoked.never_accepted(server)
             for server in servers:
-                wait_for(lambda s=server: me_at(s, revoked.good) == 200, 10, "the good token works again")
+                wait_until(lambda s=server: me_at(s, revoked.good) == 200, 10, "the good token works again")
             revoked.assert_all_revoked(servers)
         late = make_token("after-flushes", sid=f"late-{uuid.uuid4().hex}")
         assert requests.post(f"{servers[0].url}/api/v1/admin/sessions/{late_sid(late)}/revoke", headers=revoked.admin,

@@ -21,9 +21,8 @@ import sqlalchemy as sa
 
 from app.revocation.layout import bucket_of
 from tests.conftest import me_at
-from tests.integration.test_redis_topologies import instances
 from tests.support.redis_topologies import RedisNode
-from tests.support.servers import ROOT, AppServer, free_port, wait_until
+from tests.support.servers import ROOT, AppServer, free_port, instances, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -356,6 +356,12 @@ class BetterAuthIssuer:
         except OSError:
             return ""
 
+    def plugin_log(self) -> str:
+        """What the @taskgate/better-auth plugin logged (deliveries, failures, retries, its
+        outbox's migration), this process's after those it replaced (restart, kill): the tail."""
+        text = self.earlier_logs + self.stderr_text()
+        return "\n".join(line for line in text.splitlines() if "[taskgate]" in line or "migrated" in line)[-4000:]
+
     def start(self) -> BetterAuthIssuer:
         if self._proc is not None:
             raise IssuerError("issuer already started")

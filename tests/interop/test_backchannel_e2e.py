@@ -25,6 +25,7 @@ from serve import SERVERS
 from tests.conftest import bearer
 from tests.interop.conftest import new_email
 from tests.interop.issuer import BetterAuthIssuer, IssuerError, Session, decode_unverified
+from tests.support.clock import next_second
 from tests.support.servers import AppServer, free_port, production_env, wait_until
 from tests.support.services import redis_key_prefix, require_redis
 
@@ -65,14 +66,11 @@ class Deployment:
         assert answers in ({200}, {401}), answers
         return answers == {200}
 
-    def plugin_log(self) -> str:
-        """What the plugin logged (deliveries that failed, retries), for failure messages."""
-        return "\n".join(line for line in self.issuer.stderr_text().splitlines() if "[taskgate]" in line)[-3000:]
-
     def assert_revoked(self, token: str) -> None:
         for instance in (self.b, self.a):
             response = self.me(token, instance)
-            assert response.status_code == 401, (instance.url, response.status_code, response.text, self.plugin_log())
+            assert response.status_code == 401, (instance.url, response.status_code, response.text,
+                                                 self.issuer.plugin_log())
             assert response.json()["code"] == "token_revoked", response.json()
 
 
@@ -131,11 +129,6 @@ def admin_of(deployment: Deployment) -> Session:
     return session
 
 
-def next_second() -> None:
-    """taskgate's cutoffs are whole seconds: a token minted in the logout's second is covered."""
-    time.sleep(1.05 - time.time() % 1)
-
-
 def report(record_property, name: str, value: float) -> None:
     record_property(name, round(value, 1))
     print(f"{name}: {value:.1f}")
@@ -152,7 +145,7 @@ def test_sign_out_kills_that_sessions_token(deployment: Deployment, record_prope
     rejected = deployment.me(token)  # instance B: A got the logout token
     rejected_after = (time.monotonic() - answered) * 1000
 
-    assert rejected.status_code == 401, (rejected.text, deployment.plugin_log())
+    assert rejected.status_code == 401, (rejected.text, deployment.issuer.plugin_log())
     assert rejected.json()["code"] == "token_revoked"
     report(record_property, f"ms_from_sign_out_response_to_rejection_{deployment.mode}", rejected_after)
     deployment.assert_revoked(token)

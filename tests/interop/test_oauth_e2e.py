@@ -37,6 +37,7 @@ from tests.interop.issuer import (
     Session,
     decode_unverified,
 )
+from tests.support.clock import next_second
 from tests.support.dpop import DpopKey
 from tests.support.servers import AppServer, production_env
 from tests.support.services import redis_key_prefix, require_redis
@@ -90,11 +91,8 @@ class Deployment:
         for instance in self.instances:
             response = self.call(instance, "GET", "/api/v1/auth/me", token)
             assert response.status_code == 401, (instance.server, response.status_code, response.text,
-                                                 self.plugin_log())
+                                                 self.issuer.plugin_log())
             assert response.json()["code"] == "token_revoked", response.json()
-
-    def plugin_log(self) -> str:
-        return "\n".join(line for line in self.issuer.stderr_text().splitlines() if "[taskgate]" in line)[-3000:]
 
     # -- the OAuth client's side -------------------------------------------------------
 
@@ -152,11 +150,6 @@ def challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme, params
 
 
-def next_second() -> None:
-    """taskgate's cutoffs are whole seconds: a token minted in the revocation's second is covered."""
-    time.sleep(1.05 - time.time() % 1)
-
-
 def refusal_times(deployment: Deployment, token: str, since: float) -> dict[str, tuple[float, int]]:
     """Per instance, both polled at once: milliseconds from `since` (time.monotonic() when the
     revocation returned) to the answer of the first request refused (401), and how many
@@ -179,7 +172,7 @@ def refusal_times(deployment: Deployment, token: str, since: float) -> dict[str,
     for thread in threads:
         thread.join(REFUSAL_BOUND + HTTP_TIMEOUT)
     missing = [i.server for i in deployment.instances if i.server not in found]
-    assert not missing, f"still accepted after {REFUSAL_BOUND} s on {missing}\n{deployment.plugin_log()}"
+    assert not missing, f"still accepted after {REFUSAL_BOUND} s on {missing}\n{deployment.issuer.plugin_log()}"
     return found
 
 

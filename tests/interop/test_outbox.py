@@ -33,6 +33,7 @@ from serve import SERVERS
 from tests.conftest import bearer
 from tests.interop.conftest import new_email
 from tests.interop.issuer import BetterAuthIssuer
+from tests.support.clock import next_second
 from tests.support.servers import AppServer, free_port, production_env, wait_until
 from tests.support.services import redis_key_prefix, require_redis
 
@@ -64,10 +65,6 @@ class Deployment:
         return all(self.me(token, i).status_code == 401 and self.me(token, i).json()["code"] == "token_revoked"
                    for i in (self.a, self.b))
 
-    def plugin_log(self) -> str:
-        text = self.issuer.earlier_logs + self.issuer.stderr_text()
-        return "\n".join(line for line in text.splitlines() if "[taskgate]" in line or "migrated" in line)[-4000:]
-
 
 @pytest.fixture
 def deployment(node_ready, postgres_url: str, tmp_path: Path) -> Iterator[Deployment]:
@@ -92,11 +89,6 @@ def deployment(node_ready, postgres_url: str, tmp_path: Path) -> Iterator[Deploy
             issuer.stop()
 
 
-def next_second() -> None:
-    """taskgate's cutoffs are whole seconds: a token minted in the sign-out's second is covered."""
-    time.sleep(1.05 - time.time() % 1)
-
-
 def test_a_sign_out_during_an_outage_and_a_crash_reaches_taskgate_when_it_is_back(deployment, record_property):
     assert OUTAGE >= 2 * LOGOUT_TOKEN_MAX_AGE, "the outage must be well past the receiver's bound on iat"
     d = deployment
@@ -116,7 +108,7 @@ def test_a_sign_out_during_an_outage_and_a_crash_reaches_taskgate_when_it_is_bac
     time.sleep(min(OUTAGE / 3, 20))
     d.issuer.restart(crash=True)  # SIGKILL, then a new process on the same SQLite file and port
     state = d.issuer.taskgate_state()
-    assert state["pending"] == 1, (state, d.plugin_log())
+    assert state["pending"] == 1, (state, d.issuer.plugin_log())
     assert state["oldestAgeSeconds"] >= time.monotonic() - signed_out - 2, state
 
     next_second()
@@ -134,7 +126,7 @@ def test_a_sign_out_during_an_outage_and_a_crash_reaches_taskgate_when_it_is_bac
         wait_until(lambda: d.revoked(token), BACK_WITHIN, f"the revocation, {outage:.0f} s after the sign-out")
     except TimeoutError as error:
         answers = [(i.url, d.me(token, i).status_code, d.me(token, i).text[:200]) for i in (d.a, d.b)]
-        raise AssertionError(f"{error}: {answers}\n{d.issuer.taskgate_state()}\n{d.plugin_log()}\n"
+        raise AssertionError(f"{error}: {answers}\n{d.issuer.taskgate_state()}\n{d.issuer.plugin_log()}\n"
                              f"--- taskgate A ---\n{d.a.output()[-3000:]}") from None
     rejected_after = time.monotonic() - back
 
@@ -146,7 +138,7 @@ def test_a_sign_out_during_an_outage_and_a_crash_reaches_taskgate_when_it_is_bac
     assert d.answers(during) == {200}, "the cutoff is the sign-out's time: a later token of another session lives"
     assert d.answers(d.issuer.token(laptop)) == {200}
     assert d.issuer.settle_taskgate(5) == 0
-    assert "delivered on attempt" in d.plugin_log(), d.plugin_log()
+    assert "delivered on attempt" in d.issuer.plugin_log(), d.issuer.plugin_log()
 
 
 def test_two_instances_on_one_database_one_killed_the_other_delivers(deployment):
@@ -173,7 +165,7 @@ def test_two_instances_on_one_database_one_killed_the_other_delivers(deployment)
             wait_until(lambda: all(d.revoked(t) for t in tokens), BACK_WITHIN + PLUGIN["lease_ms"] / 1000,
                        "the remaining instance's deliveries")
         except TimeoutError as error:
-            raise AssertionError(f"{error}\n{other.earlier_logs[-3000:]}\n{d.plugin_log()}") from None
+            raise AssertionError(f"{error}\n{other.earlier_logs[-3000:]}\n{d.issuer.plugin_log()}") from None
         assert d.issuer.settle_taskgate(5) == 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.helpers import rows
+from tests.support.attacks import rows
 
 
 def pytest_configure(config: pytest.Config) -> None:

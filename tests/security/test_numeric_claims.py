@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import bearer
-from tests.security.helpers import assert_problem, b64, hs256, now
+from tests.support.attacks import assert_problem, b64, hs256
+from tests.support.clock import now
 
 # Every JSON number: any sign, any number of digits, a fraction, an exponent of any size.
 JSON_NUMBERS = st.from_regex(r"\A-?(0|[1-9][0-9]{0,400})(\.[0-9]{1,30})?([eE][+-]?[0-9]{1,4})?\Z")

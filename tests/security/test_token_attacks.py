@@ -36,18 +36,18 @@ from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from tests.conftest import SECRET
-from tests.security.helpers import (
+from tests.support.attacks import (
     assert_problem,
     b64,
     claims,
     hs256,
     js,
-    now,
     rows,
     timed,
     unb64,
     valid_token,
 )
+from tests.support.clock import now
 
 pytestmark = pytest.mark.usefixtures("nothing_written", "outbound")
 

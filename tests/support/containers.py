@@ -39,6 +39,9 @@ BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3")
 BASE_MIRROR = "http://deb.debian.org/debian"
 # What is removed from the root file system before the import: package caches and lists, docs.
 BASE_CLEANUP = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man")
+# The flags production should use too (docs/DEPLOY.md, "Running in production").
+RUN_OPTIONS = ("--read-only", "--tmpfs", "/tmp:rw,noexec,nosuid,nodev,size=64m", "--cap-drop", "ALL",
+               "--security-opt", "no-new-privileges")
 
 
 def base_image_tag() -> str:

@@ -13,11 +13,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import requests
 
+from app.config import SERVERS
 from tests.support.services import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,6 +122,13 @@ class Gunicorn(AppServer):
 
     def __init__(self, env: dict[str, str], workers: int = 2) -> None:
         super().__init__(env, workers, "gunicorn")
+
+
+@contextmanager
+def instances(env: dict[str, str], count: int) -> Iterator[list[AppServer]]:
+    """`count` instances of taskgate on one Redis and one database, the servers taken in turn."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(AppServer(env, workers=2, server=SERVERS[i % len(SERVERS)])) for i in range(count)]
 
 
 def post_across_a_sigterm(url: str, token: str, terminate: Callable[[], None],
