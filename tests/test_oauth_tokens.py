@@ -228,6 +228,27 @@ def test_a_dpop_proof_names_this_request_s_url_in_any_equivalent_spelling(client
         assert scheme == "DPoP" and 'algs="EdDSA ES256 ES384 ES512 PS256 RS256"' in params, params
 
 
+def test_a_dpop_proof_s_iat_is_judged_by_the_window_on_both_sides_of_the_clock(client, key, app):
+    """RFC 9449 §11.1: a client whose clock runs a few seconds ahead is not refused; a proof
+    whose iat is beyond DPOP_MAX_AGE_SECONDS on either side is, and the answer says why."""
+    holder = DpopKey()
+    token = oauth_token(key, cnf={"jkt": holder.jkt})
+    window = services(app).settings.dpop_max_age_seconds
+
+    def send(iat: int):
+        proof = holder.proof("GET", "http://localhost/api/v1/tasks", token, iat=iat)
+        return client.get("/api/v1/tasks", headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+
+    for ahead in (1, 3):
+        response = send(int(time.time()) + ahead)
+        assert response.status_code == 200, (ahead, response.get_json())
+    for off in (window + 5, -(window + 5)):
+        refused = send(int(time.time()) + off)
+        problem = refused.get_json()
+        assert refused.status_code == 401 and problem["code"] == "invalid_dpop_proof", (off, problem)
+        assert "iat" in problem["detail"] and "signature" not in problem["detail"], (off, problem)
+
+
 # --- revocations no provider offers ------------------------------------------------------------
 
 

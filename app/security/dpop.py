@@ -76,6 +76,26 @@ class Request:
     url: str
 
 
+def verify_signature(proof: str, jwk: dict[str, Any], alg: str) -> None:
+    """The proof's signature by the key it carries (and `exp`, `nbf` if it has them); its `iat`
+    is left to check_iat, whose window PyJWT's would cut short on the future side."""
+    try:
+        pyjwt.decode(proof, pyjwt.PyJWK(jwk).key, algorithms=[alg], options={"verify_aud": False,
+                                                                             "verify_iat": False})
+    except (pyjwt.ExpiredSignatureError, pyjwt.ImmatureSignatureError):
+        raise proof_error("The DPoP proof is not valid at this time (its exp or nbf).") from None
+    except Exception:  # noqa: BLE001 - any failure to verify the proof is the client's
+        raise proof_error("The DPoP proof's signature is not valid.") from None
+
+
+def check_iat(iat: float, now: float, max_age: int) -> None:
+    """RFC 9449 §11.1: a proof is good while its `iat` is within `max_age` (DPOP_MAX_AGE_SECONDS)
+    of this server's clock, on either side, so a client whose clock runs ahead is not refused."""
+    if abs(now - iat) > max_age:
+        raise proof_error(f"The DPoP proof's iat is more than {max_age} s from this server's clock "
+                          "(too old, or from the future).")
+
+
 def check_proof(proof: str, request: Request, access_token: str, jkt: str, now: float, max_age: int) -> str:
     """§4.3 for one proof; returns its `jti` (the caller makes sure it is used only once)."""
     signed = read_segments(proof)
@@ -87,14 +107,10 @@ def check_proof(proof: str, request: Request, access_token: str, jkt: str, now: 
         raise proof_error("The DPoP proof must be signed with an asymmetric key it carries, public only.")
     if thumbprint(jwk) != jkt:
         raise proof_error("The DPoP proof is signed with another key than the token is bound to.")
-    try:
-        pyjwt.decode(proof, pyjwt.PyJWK(jwk).key, algorithms=[header["alg"]], options={"verify_aud": False})
-    except Exception:  # noqa: BLE001 - any failure to verify the proof is the client's
-        raise proof_error("The DPoP proof's signature is not valid.") from None
+    verify_signature(proof, jwk, header["alg"])
     if not is_identifier(claims.get("jti")) or not is_number(claims.get("iat")):
         raise proof_error("The DPoP proof needs a jti and an iat.")
-    if abs(now - claims["iat"]) > max_age:
-        raise proof_error("The DPoP proof is too old, or from the future.")
+    check_iat(claims["iat"], now, max_age)
     htu = normalized_url(claims.get("htu"))
     if claims.get("htm") != request.method or htu is None or htu != normalized_url(request.url):
         raise proof_error("The DPoP proof was made for another request (htm, htu).")
