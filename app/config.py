@@ -32,8 +32,10 @@ DEFAULT_BLUEPRINTS = (
     "blueprints.admin:bp",
 )
 MIN_SECRET_BYTES = 32
-MIN_SECRET_BITS = 96  # entropy_bits() of BETTER_AUTH_SECRET at least (32 hex characters give about 120)
+MIN_COPY = 4  # entropy_bits(): a repeat of this many characters or more counts as a copy
+MIN_SECRET_BITS = 96  # entropy_bits() of BETTER_AUTH_SECRET at least (`openssl rand -base64 32` gives 180 or more)
 MIN_TOKEN_BITS = 48  # of METRICS_TOKEN
+MAX_QUIET_FAILURES_PER_SECOND = 10  # RATE_LIMIT_AUTH_FAILURES above this is warned in production
 ORIGIN = re.compile(r"^https?://(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::\d{1,5})?$")
 LOOPBACK_HTTP = ("http://127.0.0.1", "http://localhost", "http://[::1]")
 
@@ -147,10 +149,39 @@ def _float(env: Mapping[str, str], name: str, default: float, maximum: float = m
 
 
 def entropy_bits(value: str) -> float:
-    """An estimate of a secret's entropy: its length times the Shannon entropy of its characters.
-    It cannot prove a secret random; it catches the obviously weak (repeats, short alphabets)."""
+    """An estimate of a secret's entropy: each new character at the Shannon entropy of the whole;
+    a stretch repeating an earlier one, or continuing a run (abcd, 4321, aaaa), at almost nothing.
+    It cannot prove a secret random; it catches the obviously weak (repeats, runs, short alphabets)."""
     counts = Counter(value)
-    return -len(value) * sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
+    per_character = -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
+    bits, i = 0.0, 0
+    while i < len(value):
+        copied = _copied(value, i)
+        if copied:
+            bits += math.log2(i * copied)  # where the copy starts, and how long it is
+            i += copied
+        else:
+            bits += 1.0 if _continues_run(value, i) else per_character
+            i += 1
+    return bits
+
+
+def _copied(value: str, i: int) -> int:
+    """How many characters from `i` on repeat a stretch that starts earlier (overlapping allowed),
+    when at least MIN_COPY do; else 0."""
+    start = value.find(value[i:i + MIN_COPY], 0, i + MIN_COPY - 1)
+    if i + MIN_COPY > len(value) or start < 0:
+        return 0
+    n = MIN_COPY
+    while i + n < len(value) and value[start + n] == value[i + n]:
+        n += 1
+    return n
+
+
+def _continues_run(value: str, i: int) -> bool:
+    """The character is the fourth or later of a run with one step of -1, 0 or +1 (4567, zyxw, 1111)."""
+    steps = {ord(value[j]) - ord(value[j - 1]) for j in range(i - 2, i + 1)} if i >= 3 else set()
+    return len(steps) == 1 and steps <= {-1, 0, 1}
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -304,7 +335,7 @@ def _http(env: Mapping[str, str], production: bool) -> dict[str, Any]:
     if metrics_token is not None and len(metrics_token) < 16:
         raise ConfigError("METRICS_TOKEN must be at least 16 characters")
     if metrics_token is not None and entropy_bits(metrics_token) < MIN_TOKEN_BITS:
-        raise ConfigError("METRICS_TOKEN looks guessable (repeated characters or a short alphabet); "
+        raise ConfigError("METRICS_TOKEN looks guessable (repeats, runs or a short alphabet); "
                           "use a random value, e.g. `openssl rand -hex 24`")
     return {
         "cors_origins": cors_origins,
@@ -312,6 +343,11 @@ def _http(env: Mapping[str, str], production: bool) -> dict[str, Any]:
         "proxy_hops": _int(env, "PROXY_HOPS", 0, maximum=5),
         "metrics_token": metrics_token,
     }
+
+
+def _per_second(limit: str) -> float:
+    item = parse(limit)
+    return item.amount / item.get_expiry()
 
 
 def _rate_limits(env: Mapping[str, str], testing: bool) -> dict[str, Any]:
@@ -407,7 +443,7 @@ def shared_secret(draft: Draft) -> None:
     elif len(secret.encode()) < MIN_SECRET_BYTES:
         draft.refuse_in_production(f"BETTER_AUTH_SECRET is shorter than {MIN_SECRET_BYTES} bytes")
     elif entropy_bits(secret) < MIN_SECRET_BITS:
-        draft.refuse_in_production("BETTER_AUTH_SECRET looks guessable (repeated characters or a short "
+        draft.refuse_in_production("BETTER_AUTH_SECRET looks guessable (repeats, runs or a short "
                                    "alphabet); use `openssl rand -base64 32`")
 
 
@@ -424,6 +460,10 @@ def production_warnings(draft: Draft) -> None:
         warn("JWT_AUDIENCE is empty: tokens made for other audiences are accepted; set it or BETTER_AUTH_URL")
     if not values["rate_limits_enabled"]:
         warn("RATE_LIMITS_ENABLED is off: token guessing and floods are not slowed down")
+    elif _per_second(values["rate_limit_auth_failures"]) > MAX_QUIET_FAILURES_PER_SECOND:
+        warn(f"RATE_LIMIT_AUTH_FAILURES is {values['rate_limit_auth_failures']}: more than "
+             f"{MAX_QUIET_FAILURES_PER_SECOND} failed authentications a second per IP, so token guessing is "
+             "barely slowed down")
     if values["log_level"] == "DEBUG":
         warn("LOG_LEVEL is DEBUG in production: libraries may log request details")
 

@@ -4,15 +4,17 @@ every setting the readers take is documented, as every documented one is read.""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from app.config import ConfigError, entropy_bits, load_server_settings, load_settings
+from app.config import MIN_SECRET_BITS, ConfigError, entropy_bits, load_server_settings, load_settings
 from tests.conftest import SECRET
 from tests.support.servers import ROOT
 
@@ -36,7 +38,11 @@ REFUSED = [
     ({"BETTER_AUTH_SECRET": "a" * 32}, "BETTER_AUTH_SECRET looks guessable"),
     ({"BETTER_AUTH_SECRET": "ab" * 32}, "BETTER_AUTH_SECRET looks guessable"),
     ({"BETTER_AUTH_SECRET": "too-short"}, "BETTER_AUTH_SECRET is shorter than 32 bytes"),
+    ({"BETTER_AUTH_SECRET": "abcdefgh" * 4}, "BETTER_AUTH_SECRET looks guessable"),
+    ({"BETTER_AUTH_SECRET": "0123456789abcdef" * 2}, "BETTER_AUTH_SECRET looks guessable"),
+    ({"BETTER_AUTH_SECRET": "Summer2026!" * 3}, "BETTER_AUTH_SECRET looks guessable"),
     ({"METRICS_TOKEN": "a" * 16}, "METRICS_TOKEN looks guessable"),
+    ({"METRICS_TOKEN": "0123456789abcdef"}, "METRICS_TOKEN looks guessable"),
     ({"METRICS_TOKEN": "short"}, "METRICS_TOKEN must be at least 16 characters"),
     ({"BETTER_AUTH_SECRET": ""}, "BETTER_AUTH_SECRET is required"),
     ({"BETTER_AUTH_SECRET": "change-me-to-at-least-32-random-bytes"}, "placeholder"),
@@ -51,6 +57,7 @@ WARNED = [
     ({"JWT_ISSUER": ""}, "JWT_ISSUER is empty"),
     ({"JWT_AUDIENCE": ""}, "JWT_AUDIENCE is empty"),
     ({"RATE_LIMITS_ENABLED": "false"}, "RATE_LIMITS_ENABLED is off"),
+    ({"RATE_LIMIT_AUTH_FAILURES": "1000000/second"}, "RATE_LIMIT_AUTH_FAILURES is 1000000/second"),
     ({"METRICS_TOKEN": ""}, "METRICS_TOKEN is not set"),
     ({"LOG_LEVEL": "debug"}, "LOG_LEVEL is DEBUG in production"),
     ({"JWKS_URL": "http://auth.example.com/jwks"}, "JWKS_URL is plain http"),
@@ -110,7 +117,7 @@ def test_a_setting_that_weakens_production_is_said_once_at_start(tmp_path, chang
 
 @pytest.mark.parametrize("change", [
     {"JWT_LEEWAY_SECONDS": "300"}, {"JWT_MAX_AGE_SECONDS": "604800"}, {"REDIS_SOCKET_TIMEOUT": "5"},
-    {"REVOCATION_SYNC_SECONDS": "60"}, {"BETTER_AUTH_SECRET": "0123456789abcdef0123456789abcdef"},
+    {"REVOCATION_SYNC_SECONDS": "60"}, {"BETTER_AUTH_SECRET": "9f3c1a7e5b2d48c6a0e4f7b19d3c5a82"},
     {"METRICS_TOKEN": "f3a9c21e7b5d4068"},
 ], ids=lambda change: next(iter(change)))
 def test_the_bounds_themselves_are_accepted(tmp_path, change):
@@ -130,10 +137,17 @@ def test_the_same_bounds_hold_in_development(tmp_path):
     assert any("looks guessable" in warning and "would refuse" in warning for warning in weak.warnings)
 
 
-def test_entropy_is_estimated_from_the_characters_used():
-    assert entropy_bits("a" * 64) == 0
-    assert entropy_bits("ab" * 16) == 32
-    assert entropy_bits("0123456789abcdef" * 2) == 128
+@pytest.mark.parametrize("weak", ["a" * 64, "ab" * 32, "abcd" * 12, "0123456789abcdef" * 4, "Summer2026!" * 3,
+                                  "Summer2026!Summer2026!" + "zyxwvutsrq", "passwordpassword1234567890"])
+def test_repeats_runs_and_short_alphabets_are_estimated_below_what_production_accepts(weak):
+    assert entropy_bits(weak) < MIN_SECRET_BITS, f"{weak!r}: {entropy_bits(weak):.1f} bits"
+
+
+@pytest.mark.parametrize("make", [lambda: secrets.token_hex(32), lambda: secrets.token_urlsafe(32),
+                                  lambda: base64.b64encode(secrets.token_bytes(32)).decode()])
+def test_random_secrets_of_the_documented_sizes_pass(make):
+    estimates = sorted(entropy_bits(make()) for _ in range(500))
+    assert estimates[0] >= MIN_SECRET_BITS, f"lowest of 500 random secrets: {estimates[0]:.1f} bits"
 
 
 class Reading(dict):
