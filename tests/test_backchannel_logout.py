@@ -113,6 +113,8 @@ REFUSED = {
     "no aud": lambda: logout_token(aud=DROP),
     "iat a string": lambda: logout_token(iat=str(int(time.time()))),
     "no iat": lambda: logout_token(iat=DROP),
+    "nbf a string": lambda: logout_token(nbf="1"),
+    "nbf true": lambda: logout_token(nbf=True),
     "exp past": lambda: logout_token(iat=int(time.time()) - 200, exp=int(time.time()) - 100),
     "no exp": lambda: logout_token(exp=DROP),
     "iat older than 5 minutes": lambda: logout_token(iat=int(time.time()) - 400, exp=int(time.time()) + 60),

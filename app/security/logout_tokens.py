@@ -61,6 +61,7 @@ def check_shape(signed: SignedToken, settings: Settings, now: float) -> None:
     _check("aud" in claims, "aud is required")
     for name in ("iat", "exp"):
         _check(is_number(claims.get(name)), f"{name} must be a number")
+    _check("nbf" not in claims or is_number(claims["nbf"]), "nbf must be a number")
     _check(claims["iat"] <= now + settings.leeway_seconds, "iat is in the future")
     _check(now - claims["iat"] <= settings.logout_token_max_age_seconds, "iat is too old")
     _check(is_identifier(claims.get("jti")), "jti is required")
