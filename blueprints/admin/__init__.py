@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, request
 from sqlalchemy import func, select
 
 from app.api import endpoint, json_response
+from app.errors import ValidationFailed
 from app.models import Revocation
 from app.schemas import (
     ClientPath,
@@ -65,9 +66,21 @@ def revoke_token(principal: Principal, body: RevokeTokenRequest):
     if body.jti is not None:
         record = store.revoke_jti(body.jti, _actor(principal), body.reason)
     else:
-        claims = claims_for_revocation(body.token, services().settings, services().keys)
+        claims = _readable(body.token)
         record = store.revoke_token(claims, token_digest(claims), _actor(principal), body.reason)
     return json_response({"revoked": record.kind, "target": record.target})
+
+
+def _readable(token: str) -> dict:
+    """The claims of a token this service accepts; else a 422, counted like a failed authentication,
+    so that an admin token cannot serve as an unlimited oracle of which tokens are valid."""
+    found = services()
+    try:
+        return claims_for_revocation(token, found.settings, found.keys)
+    except ValidationFailed:
+        if found.rate_limits is not None:
+            found.rate_limits.authentication_failed(request.remote_addr)
+        raise
 
 
 @bp.get("/api/v1/admin/revocations")

@@ -79,3 +79,10 @@ class TestTheFailureLimit:
         token = token_with(claim, "-1" + "0" * 400, False)
         codes = [client.get("/api/v1/auth/me", headers=bearer(token)).status_code for _ in range(6)]
         assert codes == [401] * 5 + [429], codes
+
+    def test_an_admin_revoking_such_tokens_counts_against_the_same_limit(self, client, as_user):
+        """The revoke route says whether a token is valid: it must not be an unlimited oracle."""
+        token = token_with("iat", "-1" + "0" * 400, False)
+        codes = [client.post("/api/v1/admin/tokens/revoke", json={"token": token},
+                             headers=as_user("root", role="admin")).status_code for _ in range(6)]
+        assert codes == [422] * 5 + [429], codes
