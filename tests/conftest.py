@@ -19,6 +19,7 @@ from app.factory import create_app
 from app.services import services
 from tests.support.jwks_server import JwksServer
 from tests.support.redis_topologies import PersistentRedis
+from tests.support.servers import RedisServer
 from tests.support.services import create_postgres_database, require_redis
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -186,6 +187,14 @@ def as_user(make_token: TokenFactory) -> Callable[[str], dict[str, str]]:
 def jwks() -> Iterator[JwksServer]:
     """A JWKS endpoint on loopback, empty until a test publishes a key."""
     with JwksServer() as server:
+        yield server
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A private redis-server (no persistence) of the test's own, which it may stop, restart empty or flush."""
+    require_redis()
+    with RedisServer() as server:
         yield server
 
 

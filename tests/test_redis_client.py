@@ -13,17 +13,8 @@ import redis
 
 from app.redis_client import REDIS_ERRORS, RedisClient, ScriptCall
 from app.redis_url import parse_redis_url
-from tests.support.servers import RedisServer
-from tests.support.services import require_redis
 
 ECHO = {"echo": "return ARGV[1]"}
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    require_redis()
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -13,15 +13,7 @@ import redis
 
 from app.services import services
 from tests.conftest import bearer, me
-from tests.support.servers import RedisMonitor, RedisServer
-from tests.support.services import require_redis
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    require_redis()
-    with RedisServer() as server:
-        yield server
+from tests.support.servers import RedisMonitor
 
 
 @pytest.fixture
