@@ -52,8 +52,9 @@ def bearer_token(header: str | None) -> str:
 
 
 def check_binding(request: Request, given: Credential, principal: Principal, found: Services, now: float) -> None:
-    """A token bound to a key (DPoP, `cnf.jkt`) comes with the DPoP scheme and a fresh proof of
-    that key for this very request; an unbound token with the Bearer scheme."""
+    """A token bound to a key (DPoP, `cnf.jkt`), first-party or OAuth alike, comes with the DPoP
+    scheme and a fresh proof of that key for this very request; an unbound token with the Bearer
+    scheme."""
     if principal.jkt is None:
         if given.scheme == "dpop":
             raise TokenRejected("The DPoP scheme is for a token bound to a key; this one is not.")

@@ -228,6 +228,23 @@ def test_a_dpop_proof_names_this_request_s_url_in_any_equivalent_spelling(client
         assert scheme == "DPoP" and 'algs="EdDSA ES256 ES384 ES512 PS256 RS256"' in params, params
 
 
+@pytest.mark.parametrize("kind", ["first-party", "oauth"])
+def test_any_token_with_cnf_needs_the_proof_whatever_its_kind(client, key, kind):
+    """A `cnf` claim binds a first-party token as it binds an OAuth one: one check for both."""
+    holder = DpopKey()
+    make = first_party if kind == "first-party" else oauth_token
+    token = make(key, cnf={"jkt": holder.jkt})
+    proof = holder.proof("GET", "http://localhost/api/v1/tasks", token)
+    as_bearer = client.get("/api/v1/tasks", headers=bearer(token))
+    assert as_bearer.status_code == 401 and as_bearer.get_json()["code"] == "invalid_dpop_proof", as_bearer.get_json()
+    with_proof = client.get("/api/v1/tasks", headers={"Authorization": f"DPoP {token}", "DPoP": proof})
+    assert with_proof.status_code == 200, with_proof.get_json()
+    mtls_bound = make(key, cnf={"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"})
+    refused = client.get("/api/v1/tasks", headers=bearer(mtls_bound))
+    assert refused.status_code == 401 and refused.get_json()["code"] == "invalid_token", refused.get_json()
+    assert "cannot check" in refused.get_json()["detail"], refused.get_json()
+
+
 def test_a_dpop_proof_s_iat_is_judged_by_the_window_on_both_sides_of_the_clock(client, key, app):
     """RFC 9449 §11.1: a client whose clock runs a few seconds ahead is not refused; a proof
     whose iat is beyond DPOP_MAX_AGE_SECONDS on either side is, and the answer says why."""

@@ -16,6 +16,7 @@ from app.security.tokens import (
     FORBIDDEN_HEADERS,
     Principal,
     SignedToken,
+    bound_key,
     check_claims,
     check_not_banned,
     claim_text,
@@ -25,7 +26,6 @@ from app.security.tokens import (
 
 MAX_SCOPE_LENGTH = 2000
 SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 §3.3 scope-token
-JKT = re.compile(r"[A-Za-z0-9_-]{43}")  # a base64url SHA-256 JWK thumbprint (RFC 9449 §6.1)
 
 
 def check_audience(aud: Any, resource: str) -> None:
@@ -46,18 +46,6 @@ def scopes_of(claims: dict[str, Any]) -> frozenset[str]:
     return frozenset(names)
 
 
-def bound_key(claims: dict[str, Any]) -> str | None:
-    """The DPoP key a sender-constrained token is bound to (`cnf.jkt`); any other confirmation
-    method (mTLS `x5t#S256`) is one this API cannot check: refused."""
-    if "cnf" not in claims:
-        return None
-    cnf = claims["cnf"]
-    if not isinstance(cnf, dict) or set(cnf) != {"jkt"} or not isinstance(cnf["jkt"], str) \
-            or not JKT.fullmatch(cnf["jkt"]):
-        raise TokenRejected("The token is bound to its sender by a method this API cannot check.")
-    return cnf["jkt"]
-
-
 def check_oauth_claims(signed: SignedToken, settings: Settings, now: float) -> None:
     """RFC 9068 §4 on the claims as signed, before the signature (each only ever refuses)."""
     claims = signed.claims
@@ -73,7 +61,6 @@ def check_oauth_claims(signed: SignedToken, settings: Settings, now: float) -> N
     check_audience(claims.get("aud"), settings.oauth_resource_url or "")
     check_not_banned(claims)
     scopes_of(claims)
-    bound_key(claims)
 
 
 def verify_signature(token: str, signed: SignedToken, settings: Settings, keys: JwksKeySet | None,

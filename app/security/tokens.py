@@ -35,6 +35,7 @@ MAX_TIMESTAMP = 253_402_300_799
 # (and str.strip() remove) a non-breaking space, making "admin\u00a0" an admin.
 IDENTITY_CLAIMS = ("sub", "id", "iat", "exp", "jti", "sid", "role")
 ROLE_SEPARATORS = re.compile(r"[,\x20\t\n\r\x0b\x0c]+")
+JKT = re.compile(r"[A-Za-z0-9_-]{43}")  # a base64url SHA-256 JWK thumbprint (RFC 9449 §6.1)
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,11 @@ class Principal:
     exp: float
     claims: dict[str, Any]  # as signed
     key_id: str | None = None  # the JWKS key that verified it (None: the shared secret)
-    # An OAuth access token (app.security.oauth_tokens): the client acting for the user, the
-    # scopes it was granted, and the key a DPoP-bound token is bound to. None: a first-party
-    # token, which can do everything its user can.
+    # An OAuth access token (app.security.oauth_tokens): the client acting for the user and the
+    # scopes it was granted. None: a first-party token, which can do everything its user can.
     client_id: str | None = None
     scopes: frozenset[str] | None = None
+    # The key a sender-constrained token of either kind is bound to (`cnf.jkt`; bound_key).
     jkt: str | None = None
 
     @property
@@ -154,8 +155,9 @@ def is_identifier(value: Any) -> bool:
 
 def check_claims(claims: dict[str, Any], settings: Settings, now: float | None = None,
                  user_claim: str | None = None) -> None:
-    """The claim checks PyJWT leaves to us: presence, types and the maximum age. They come
-    before the signature check: PyJWT would read `"exp": true` as 1 and `"exp": "9"` as 9.
+    """The claim checks PyJWT leaves to us, for both kinds of token: presence, types, the maximum
+    age, and a `cnf` this API can check (bound_key). They come before the signature check:
+    PyJWT would read `"exp": true` as 1 and `"exp": "9"` as 9.
     `user_claim`: the claim naming the user (default JWT_USER_CLAIM)."""
     now = time.time() if now is None else now
     for name in ("exp", "iat"):
@@ -173,6 +175,20 @@ def check_claims(claims: dict[str, Any], settings: Settings, now: float | None =
     if claims["iat"] > now + settings.leeway_seconds:
         raise TokenRejected("The token was issued in the future.")
     check_age(claims["iat"], settings, now)
+    bound_key(claims)
+
+
+def bound_key(claims: dict[str, Any]) -> str | None:
+    """The DPoP key a sender-constrained token, first-party or OAuth, is bound to (`cnf.jkt`),
+    whose proof app.gate.check_binding asks for; any other confirmation method (mTLS
+    `x5t#S256`) is one this API cannot check: refused."""
+    if "cnf" not in claims:
+        return None
+    cnf = claims["cnf"]
+    if not isinstance(cnf, dict) or set(cnf) != {"jkt"} or not isinstance(cnf["jkt"], str) \
+            or not JKT.fullmatch(cnf["jkt"]):
+        raise TokenRejected("The token is bound to its sender by a method this API cannot check.")
+    return cnf["jkt"]
 
 
 def check_age(iat: float, settings: Settings, now: float) -> None:
@@ -270,4 +286,5 @@ def principal_from_claims(claims: dict[str, Any], settings: Settings, key_id: st
         exp=claims["exp"],
         claims=claims,
         key_id=key_id,
+        jkt=bound_key(claims),
     )
