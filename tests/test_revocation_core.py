@@ -151,6 +151,23 @@ def test_an_instance_that_never_heard_of_a_revocation_still_gives_the_table_back
     assert store.records.top(lost.bucket) == lost.seq
 
 
+def test_a_revocation_committed_while_the_periodic_look_reads_the_table_is_not_taken_for_a_loss(
+        store, monkeypatch, caplog):
+    """The look reads this instance's floors before the table: a revocation committed in between
+    raises a floor above the top it read, and is no sign that the table came back older."""
+    read_tops = store.records.tops
+
+    def tops_then_a_revocation() -> list[int]:
+        tops = read_tops()
+        store.revoke(jti_target("meanwhile"), "test", None)  # committed after the read, floor raised
+        return tops
+
+    monkeypatch.setattr(store.records, "tops", tops_then_a_revocation)
+    caplog.set_level(logging.ERROR)
+    store.replica.sync()
+    assert "came back older" not in caplog.text, caplog.text
+
+
 def test_revocations_lost_by_both_stores_are_reported_loudly(store, caplog):
     lost_before = sum(sample.value for metric in REVOCATIONS_LOST.collect() for sample in metric.samples
                       if sample.name.endswith("_total"))

@@ -111,10 +111,11 @@ class Replica:
         if not self._verifying.acquire(blocking=False):
             return
         try:
-            # Redis first, then the table, as in verify: a state above a top is then never a race.
-            states = self.states()
+            # Redis and the floors first, then the table: a state or a floor above a top is then
+            # never a race (a revocation is committed before Redis or any floor hears of it).
+            states, floors = self.states(), self.floors.snapshot()
             tops = self.records.tops()
-            older = [bucket for bucket, top in enumerate(tops) if top < max(self.floors[bucket], states[bucket] or 0)]
+            older = [bucket for bucket, top in enumerate(tops) if top < max(floors[bucket], states[bucket] or 0)]
             self.floors.raise_all(tops)
             if not self.client.in_process and self.eviction.changed(read_memory(self.client)):
                 self.epochs.bump()
