@@ -35,7 +35,8 @@ from app.cli import db_cli, revoke_cli, token_cli
 ROOT = Path(__file__).resolve().parent.parent
 
 DOCUMENTS = ("*.md", "docs/**/*.md", "bench/README.md", "integrations/better-auth/README.md")
-PYTHON = ("app/**/*.py", "blueprints/**/*.py", "tests/**/*.py", "serve.py", "gunicorn.conf.py", "wsgi.py")
+PYTHON = ("app/**/*.py", "blueprints/**/*.py", "tests/**/*.py", "migrations/**/*.py", "bench/*.py", "serve.py",
+          "gunicorn.conf.py", "wsgi.py")
 HASH_COMMENTED = ("deploy/**/*.template", "docker/*.sh", "Dockerfile", "docker-compose.yml", "Makefile",
                   ".env.example")
 SKIPPED_DIRECTORIES = {"node_modules", ".venv", "__pycache__", ".git"}

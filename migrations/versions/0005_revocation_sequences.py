@@ -4,7 +4,7 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-02
 
-Every revocation belongs to one of 16 buckets (app/revocation/keys.py) and carries the next
+Every revocation belongs to one of 16 buckets (app/revocation/layout.py) and carries the next
 sequence number of its bucket. Redis keeps, per bucket, the last sequence it has applied,
 so a Redis that comes back older than the database (a snapshot, a lost AOF tail, a replica
 promoted before it caught up) is found and repaired from this table.
@@ -20,7 +20,7 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-BUCKETS = 16  # as app/revocation/keys.py, at the time of this migration
+BUCKETS = 16  # as app/revocation/layout.py, at the time of this migration
 
 
 def _bucket(kind: str, target: str, user_id: str | None) -> int:
