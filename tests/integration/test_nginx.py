@@ -21,7 +21,7 @@ import requests
 
 from tests.conftest import bearer
 from tests.support.nginx import Nginx
-from tests.support.servers import AppServer
+from tests.support.servers import AppServer, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -254,27 +254,76 @@ def test_gunicorn_itself_drops_header_names_with_underscores_and_granian_warns(p
             assert "the proxy in front must drop header names with underscores" in app.output()
 
 
+def exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """Send `request` exactly as given (HTTP clients refuse or normalise much of what these tests
+    send) and read the whole answer: its head and its body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(request)
+        response = b""
+        while chunk := client.recv(65536):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    return head, body
+
+
+def header(head: bytes, name: str) -> str | None:
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        field, _, value = line.partition(":")
+        if field.lower() == name.lower():
+            return value.strip()
+    return None
+
+
+def logged_once(proxy: Nginx) -> dict:
+    """The one line nginx logged (a fresh nginx that took one request)."""
+    wait_until(lambda: proxy.requests_logged(), 5, "nginx's access line")
+    (entry,) = proxy.requests_logged()
+    return entry
+
+
 @pytest.mark.parametrize("request_line,extra,status,code", [
     ("GET /healthz%00 HTTP/1.1", "", 400, "bad_request"),
     ("GET /he llo HTTP/1.1", "", 400, "bad_request"),
     ("GET /healthz HTTP/1.1", f"X-Padding: {'a' * 20000}\r\n", 431, "headers_too_large"),
     ("GET /" + "a" * 20000 + " HTTP/1.1", "", 414, "uri_too_long"),
     ("POST /api/v1/tasks HTTP/1.1", "Transfer-Encoding: gzip, chunked\r\n", 501, "not_implemented"),
+    ("TRACE /healthz HTTP/1.1", "", 405, "method_not_allowed"),
+    ("GET /healthz?probe=1 HTTP/9.9", "", 505, "http_version_not_supported"),
+    # The location those errors are answered from: internal, so a client asking for it gets a 404.
+    ("GET /_taskgate/error?status=500 HTTP/1.1", "", 404, "not_found"),
 ])
 def test_nginxs_own_errors_are_problem_json_without_an_error_line(proxied_env, app_server, request_line, extra,
                                                                   status, code):
     with app_server(proxied_env, workers=1) as app, Nginx([address(app)]) as proxy:
-        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as client:
-            client.sendall(f"{request_line}\r\nHost: taskgate\r\n{extra}Connection: close\r\n\r\n".encode())
-            response = b""
-            while chunk := client.recv(65536):
-                response += chunk
-        head, _, body = response.partition(b"\r\n\r\n")
-        assert head.split(b"\r\n")[0].split()[1] == str(status).encode(), response[:300]
-        assert b"Content-Type: application/problem+json" in head, head
-        assert json.loads(body)["code"] == code, body
+        head, body = exchange(proxy.port, f"{request_line}\r\nHost: taskgate\r\n{extra}Connection: close\r\n\r\n"
+                                          .encode())
+        logged = logged_once(proxy)
         errors = (proxy.prefix / "error.log").read_text() if (proxy.prefix / "error.log").exists() else ""
-        assert "[error]" not in errors and "[crit]" not in errors, errors
+    print(f"\n{request_line[:60]!r} -> {head[:200]!r} {body[:200]!r}\nlogged: {str(logged)[:400]}")
+    assert head.split(b"\r\n")[0].split()[1] == str(status).encode()
+    assert header(head, "Content-Type") == "application/problem+json"
+    problem = json.loads(body)
+    assert (problem["status"], problem["code"], problem["type"]) == (status, code, f"urn:taskgate:problem:{code}")
+    assert "[error]" not in errors and "[crit]" not in errors, errors
+    # The access line names the client's request, not the error location nginx answered it from
+    # (a 414's path is what nginx kept of it: the first 8 KiB).
+    method, target = request_line.split(" ", 1)
+    path = target.rsplit(" ", 1)[0].split("?")[0]  # without the version and the query
+    assert logged["method"] == method
+    assert logged["path"] == path or (status == 414 and len(logged["path"]) > 8000 and path.startswith(logged["path"]))
+    assert (logged["status"], logged["upstream"]) == (status, "")  # nginx answered it itself
+
+
+def test_no_instance_reachable_is_a_503_problem_to_try_again():
+    with Nginx([f"127.0.0.1:{free_port()}"]) as proxy:  # nothing listens there
+        head, body = exchange(proxy.port, b"POST /api/v1/tasks?x=1 HTTP/1.1\r\nHost: taskgate\r\n"
+                                          b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+        logged = logged_once(proxy)
+    print(f"\n{head!r} {body!r}\nlogged: {logged}")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert (header(head, "Content-Type"), header(head, "Retry-After")) == ("application/problem+json", "1")
+    assert json.loads(body)["code"] == "service_unavailable"
+    assert (logged["method"], logged["path"], logged["status"]) == ("POST", "/api/v1/tasks", 503)
 
 
 def test_one_request_id_across_nginx_and_the_app_whatever_the_client_sends(proxied_env, app_server):
@@ -290,13 +339,8 @@ def test_one_request_id_across_nginx_and_the_app_whatever_the_client_sends(proxi
 
 def raw_get(port: int, path: str, token: str) -> tuple[int, bytes]:
     """GET with the path sent exactly as given (HTTP clients normalise some of these)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
-        client.sendall(f"GET {path} HTTP/1.1\r\nHost: taskgate\r\nAuthorization: Bearer {token}\r\n"
-                       "Connection: close\r\n\r\n".encode())
-        response = b""
-        while chunk := client.recv(65536):
-            response += chunk
-    head, _, body = response.partition(b"\r\n\r\n")
+    head, body = exchange(port, f"GET {path} HTTP/1.1\r\nHost: taskgate\r\nAuthorization: Bearer {token}\r\n"
+                                "Connection: close\r\n\r\n".encode())
     return int(head.split()[1]), body
 
 
@@ -314,9 +358,13 @@ def test_bodies_over_the_apps_limit_and_metrics_stop_at_nginx(proxied_env, make_
 
         token = proxied_env["METRICS_TOKEN"]
         assert requests.get(f"{app.url}/metrics", headers=bearer(token), timeout=5).status_code == 200
-        for path in ("/metrics", "/metrics/", "/metrics?format=text", "//metrics", "/%6Detrics", "/./metrics",
-                     "/api/../metrics"):
+        sent = ("/metrics", "/metrics/", "/metrics?format=text", "//metrics", "/%6Detrics", "/./metrics",
+                "/api/../metrics")
+        for path in sent:
             status, body = raw_get(proxy.port, path, token)
             assert status == 404 and json.loads(body)["code"] == "not_found", path
-        upstreams = {entry["upstream"] for entry in proxy.requests_logged() if entry["path"].startswith("/metrics")}
-    assert upstreams == {""}  # nginx answered those itself
+        time.sleep(0.3)
+        logged = [entry for entry in proxy.requests_logged() if entry["path"] in {p.split("?")[0] for p in sent}]
+    print(f"\nlogged: {[(entry['path'], entry['status'], entry['upstream']) for entry in logged]}")
+    assert len(logged) == len(sent)  # each as the client sent it
+    assert {entry["upstream"] for entry in logged} == {""}  # nginx answered those itself
