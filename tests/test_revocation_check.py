@@ -29,8 +29,6 @@ def server(private_redis) -> Iterator[redis.Redis]:
     client.close()
 
 
-
-
 def user_window_key(app, user_id: str) -> str:
     return services(app).rate_limits.user_window(user_id).key
 
