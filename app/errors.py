@@ -107,13 +107,15 @@ class InsufficientScope(ApiError):
 
 
 class OAuthTokenRefused(ApiError):
-    """An OAuth access token on an admin route: no scope opens one, and RFC 6750 §3.1 says so
-    in the challenge (no `scope` to ask for); the body's code stays `forbidden`."""
+    """What no scope lets an OAuth access token do (an admin route; logging its user out
+    everywhere): RFC 6750 §3.1 says so in the challenge (no `scope` to ask for); the body's code
+    stays `forbidden`."""
 
-    def __init__(self) -> None:
-        super().__init__(403, "forbidden", "Admin routes are never open to OAuth access tokens.",
-                         headers={"WWW-Authenticate": 'Bearer error="insufficient_scope", '
-                                                      'error_description="admin routes take no OAuth access token"'})
+    def __init__(self, detail: str = "Admin routes are never open to OAuth access tokens.",
+                 description: str = "admin routes take no OAuth access token") -> None:
+        super().__init__(403, "forbidden", detail,
+                         headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", '
+                                                      f'error_description="{description}"'})
 
 
 class NotFound(ApiError):

@@ -122,7 +122,8 @@ class Me(BaseModel):
 
 
 class LogoutRequest(StrictBody):
-    everywhere: bool = False
+    everywhere: bool = Field(default=False, description="Revoke every token of the caller, not only this one: "
+                             "a first-party token only (an OAuth access token gets 403 forbidden)")
 
 
 Reason = Annotated[str | None, StringConstraints(max_length=500), AfterValidator(_no_nul),

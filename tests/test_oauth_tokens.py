@@ -152,6 +152,23 @@ def test_me_and_logout_take_any_valid_oauth_token(client, key):
     assert call(client, "GET", "/api/v1/auth/me", token) == "token_revoked"
 
 
+def test_an_oauth_token_signs_out_only_itself_never_its_user_everywhere(client, key):
+    app_token, users_own = oauth_token(key, scope="tasks:read"), first_party(key)
+    refused = client.post("/api/v1/auth/logout", json={"everywhere": True}, headers=bearer(app_token))
+    problem, challenge = refused.get_json(), refused.headers.get("WWW-Authenticate", "")
+    assert refused.status_code == 403 and problem["code"] == "forbidden", problem
+    assert "only itself" in problem["detail"], problem
+    assert challenge.startswith('Bearer error="insufficient_scope"') and "scope=" not in challenge, challenge
+    assert METADATA in challenge, challenge
+    assert call(client, "GET", "/api/v1/tasks", users_own) == 200  # nothing was revoked
+    assert call(client, "GET", "/api/v1/tasks", app_token) == 200
+    assert call(client, "POST", "/api/v1/auth/logout", app_token, json={"everywhere": False}) == 204
+    assert call(client, "GET", "/api/v1/tasks", app_token) == "token_revoked"
+    assert call(client, "GET", "/api/v1/tasks", users_own) == 200  # the user's own session goes on
+    logout = client.get("/openapi.json").get_json()["paths"]["/api/v1/auth/logout"]["post"]
+    assert "403" in logout["responses"], sorted(logout["responses"])
+
+
 # --- discovery ---------------------------------------------------------------------------------
 
 

@@ -7,14 +7,13 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response, request
 
 from app.api import endpoint, json_response, parse_form
-from app.errors import InvalidRequest
+from app.errors import InvalidRequest, OAuthTokenRefused
 from app.schemas import BackchannelLogoutForm, LogoutRequest, Me
 from app.security import logout_tokens
 from app.security.tokens import Principal
 from app.services import services
 
 bp = Blueprint("auth", __name__)
-
 
 
 def _timestamp(value: float | None) -> datetime | None:
@@ -41,12 +40,18 @@ def me(principal: Principal):
     })
 
 
-# Not counted against the user's rate limit: a user over it can always log out.
+# Not counted against the user's rate limit: a user over it can always log out. A third-party
+# app's OAuth token signs out only itself: never its user everywhere (ARCHITECTURE.md, "OAuth
+# access tokens").
 @bp.post("/api/v1/auth/logout")
-@endpoint(summary="Revoke this token, or with everywhere=true every token of the caller", tag="auth",
-          body=LogoutRequest, body_required=False, status=204, rate_limited=False)
+@endpoint(summary="Revoke this token, or with everywhere=true every token of the caller (a first-party token "
+          "only: an OAuth access token can sign out only itself, 403)", tag="auth",
+          body=LogoutRequest, body_required=False, status=204, errors=(403,), rate_limited=False)
 def logout(principal: Principal, body: LogoutRequest):
     store, actor = services().store, f"user:{principal.user_id}"
+    if body.everywhere and principal.oauth:
+        raise OAuthTokenRefused("An OAuth access token can sign out only itself, never its user everywhere.",
+                                "an OAuth access token signs out only itself")
     if body.everywhere:
         store.revoke_user(principal.user_id, actor, "logout everywhere")
     else:
