@@ -2,6 +2,9 @@
 
 Run with:  gunicorn -c gunicorn.conf.py wsgi:app
 
+A bad setting stops that start with one line and exit 78 (EX_CONFIG), before any worker, as
+`python serve.py` does: this file runs serve.py's check first.
+
 This file never imports the application, only the reader of its settings (app.config) and
 its log format (app.logs): the application would load prometheus_client in the master before
 PROMETHEUS_MULTIPROC_DIR is set, and metrics would silently stop adding up across workers.
@@ -48,6 +51,8 @@ import logging.handlers
 import os
 import resource
 import socket
+import sys
+import traceback
 
 from gunicorn.glogging import Logger
 from gunicorn.util import parse_address
@@ -56,7 +61,39 @@ from gunicorn.util import parse_address
 # file). app.config and app.logs load neither the app nor prometheus_client into the master.
 from app.config import load_server_settings
 from app.logs import JsonFormatter
-from serve import prepare_metrics_directory, raise_open_files_limit
+from serve import ensure_metrics_directory, preflight, prepare_metrics_directory, raise_open_files_limit
+
+
+def _refuse_a_bad_configuration() -> None:
+    """serve.py's preflight (the servers' and the app's settings, an evicting Redis), for a
+    gunicorn started bare: a bad setting is its one line and exit 78 here, before gunicorn logs
+    or starts anything. Without it, each worker would print the line and exit 78, and the master
+    would start it again, for ever. Checked in a child process, so that the master never imports
+    the app (each worker imports it: `kill -HUP` loads new code) nor, before on_starting,
+    prometheus_client."""
+    ensure_metrics_directory()  # the master's, which the child's check then finds set
+    child = os.fork()
+    if child == 0:
+        status = 1
+        try:
+            preflight()  # on a bad setting: one line on stderr and SystemExit(78)
+            status = 0
+        except SystemExit as exit_:
+            status = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException:  # noqa: BLE001 - shown as serve.py would show it
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(status)
+    status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    if status != 0:
+        sys.exit(status if status > 0 else 1)
+
+
+# Only when gunicorn reads this file (as the module __config__), which it does in the master
+# before anything else; a reader of the settings alone (runpy, in the tests) gets them unchecked.
+if __name__ == "__config__":
+    _refuse_a_bad_configuration()
 
 _settings = load_server_settings(os.environ)
 

@@ -1,5 +1,6 @@
 """serve.py, the image's command: which server it starts, the settings granian takes from the
-variables gunicorn reads, and a bad setting as one line and exit 78 before anything starts."""
+variables gunicorn reads, and a bad setting as one line and exit 78 before anything starts (under
+serve.py, and gunicorn started bare)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import os
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 import serve
 from app.config import cpus_available, load_server_settings
-from tests.support.servers import ROOT
+from tests.conftest import SECRET
+from tests.support.servers import ROOT, free_port
 
 SERVE_VARIABLES = ("SERVER", "GRANIAN_WORKERS", "GUNICORN_WORKERS", "WEB_CONCURRENCY", "GRANIAN_BLOCKING_THREADS",
                    "GUNICORN_THREADS", "GUNICORN_BACKLOG", "GRANIAN_BACKPRESSURE", "GRANIAN_HEADER_TIMEOUT",
@@ -71,6 +74,33 @@ def test_a_bad_setting_is_one_line_and_exit_78(env, message):
     assert result.stderr.strip().startswith(f"taskgate: configuration error: {message}"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("env", "line"), [
+    ({"APP_ENV": "production", "DATABASE_URL": "", "REDIS_URL": "redis://127.0.0.1:6379/0",
+      "BETTER_AUTH_SECRET": SECRET}, "DATABASE_URL is required in production (PostgreSQL)"),
+    ({"JWT_LEEWAY_SECONDS": "86400"}, "JWT_LEEWAY_SECONDS must be at most 300, got 86400"),
+    ({"GUNICORN_WORKERS": "two"}, "GUNICORN_WORKERS must be a whole number, got 'two'"),
+])
+def test_gunicorn_started_bare_refuses_a_bad_setting_before_any_worker(env, line):
+    """`gunicorn -c gunicorn.conf.py wsgi:app`, as the file's "Run with:" says, without serve.py:
+    the master stops with the one line, never starting a worker that would fail again and again."""
+    clean = {k: v for k, v in os.environ.items() if k not in SERVE_VARIABLES}
+    command = [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
+    started = time.monotonic()
+    process = subprocess.Popen(command, cwd=ROOT, env={**clean, "GUNICORN_BIND": f"127.0.0.1:{free_port()}", **env},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:  # still running: its workers are failing to boot, again and again
+        process.terminate()
+        stdout, stderr = process.communicate(timeout=30)
+    took = time.monotonic() - started
+    print(f"\nexit {process.returncode} after {took:.1f} s\nstdout: {stdout[:2000]}\nstderr: {stderr[:2000]}")
+    assert process.returncode == 78
+    assert stderr.splitlines() == [f"taskgate: configuration error: {line}"]
+    assert stdout == ""
+    assert took < 15
 
 
 @pytest.mark.parametrize("env", [{"FORWARDED_ALLOW_IPS": "*"}, {"FORWARDED_ALLOW_IPS": "10.0.0.0/8, ::1"},
