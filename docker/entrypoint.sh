@@ -37,6 +37,17 @@ die() {
     exit 1
 }
 
+# A step that failed: stop with its exit status. 78 (EX_CONFIG) is a configuration error,
+# which the app has already named in its one line (wsgi.py): nothing is added to it.
+give_up() {
+    status=$1
+    shift
+    if [ "$status" -ne 78 ]; then
+        log_at error "$*"
+    fi
+    exit "$status"
+}
+
 # PID 1 ignores signals it has no handler for: stop promptly on `docker stop`
 # while still waiting for the database (the exec'd server handles its own).
 child=""
@@ -77,9 +88,7 @@ wait_for_database() {
     wait "$child" || status=$?
     child=""
     if [ "$status" -ne 0 ]; then
-        # 78: a configuration error (wsgi.py); 1: the database stayed unreachable.
-        log_at error "the database did not become reachable within ${DB_WAIT_SECONDS}s (exit status $status)"
-        exit "$status"
+        give_up "$status" "the database did not become reachable within ${DB_WAIT_SECONDS}s (exit status $status)"
     fi
 }
 
@@ -92,9 +101,7 @@ run_migrations() {
     status=0
     flask --app wsgi db upgrade || status=$?
     if [ "$status" -ne 0 ]; then
-        # Keep flask's exit status (wsgi.py exits 78 on a configuration error).
-        log_at error "database migrations failed (exit status $status)"
-        exit "$status"
+        give_up "$status" "database migrations failed (exit status $status)"
     fi
     log "migrations done"
 }

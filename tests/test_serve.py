@@ -1,9 +1,10 @@
 """serve.py, the image's command: which server it starts, the settings granian takes from the
 variables gunicorn reads, and a bad setting as one line and exit 78 before anything starts (under
-serve.py, and gunicorn started bare)."""
+serve.py, gunicorn started bare, and the entrypoint before them)."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -101,6 +102,27 @@ def test_gunicorn_started_bare_refuses_a_bad_setting_before_any_worker(env, line
     assert stderr.splitlines() == [f"taskgate: configuration error: {line}"]
     assert stdout == ""
     assert took < 15
+
+
+@pytest.mark.parametrize("skip_wait", ["0", "1"])
+def test_the_entrypoint_passes_a_configuration_error_on_as_it_is(skip_wait):
+    """docker/entrypoint.sh run with sh (no Docker): a bad setting stops `flask db wait` (or, the
+    wait skipped, `flask db upgrade`) with the app's one line and 78, and the entrypoint adds no
+    line of its own about a database it never tried."""
+    clean = {k: v for k, v in os.environ.items() if k not in SERVE_VARIABLES}
+    env = {**clean, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "JWT_LEEWAY_SECONDS": "86400",
+           "DATABASE_URL": f"postgresql+psycopg://taskgate@127.0.0.1:{free_port()}/taskgate",  # nothing there
+           "DB_WAIT_SECONDS": "0", "SKIP_DB_WAIT": skip_wait, "SKIP_MIGRATIONS": "0"}
+    result = subprocess.run(["sh", str(ROOT / "docker" / "entrypoint.sh"), "true"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    print(f"\nexit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}")
+    assert result.returncode == 78
+    *before, last = result.stderr.splitlines()
+    assert last == "taskgate: configuration error: JWT_LEEWAY_SECONDS must be at most 300, got 86400"
+    steps = [] if skip_wait == "0" else ["SKIP_DB_WAIT=1: not waiting for the database",
+                                         "running database migrations (flask --app wsgi db upgrade)"]
+    assert [json.loads(line)["message"] for line in before] == steps
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize("env", [{"FORWARDED_ALLOW_IPS": "*"}, {"FORWARDED_ALLOW_IPS": "10.0.0.0/8, ::1"},
