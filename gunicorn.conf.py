@@ -61,7 +61,13 @@ from gunicorn.util import parse_address
 # file). app.config and app.logs load neither the app nor prometheus_client into the master.
 from app.config import load_server_settings
 from app.logs import JsonFormatter
-from serve import ensure_metrics_directory, preflight, prepare_metrics_directory, raise_open_files_limit
+from serve import (
+    PREFLIGHT_PASSED,
+    ensure_metrics_directory,
+    preflight,
+    prepare_metrics_directory,
+    raise_open_files_limit,
+)
 
 
 def _refuse_a_bad_configuration() -> None:
@@ -91,8 +97,9 @@ def _refuse_a_bad_configuration() -> None:
 
 
 # Only when gunicorn reads this file (as the module __config__), which it does in the master
-# before anything else; a reader of the settings alone (runpy, in the tests) gets them unchecked.
-if __name__ == "__config__":
+# before anything else; a reader of the settings alone (runpy, in the tests) gets them unchecked,
+# and so does the gunicorn serve.py became by exec right after its own check (its pid, once).
+if __name__ == "__config__" and os.environ.pop(PREFLIGHT_PASSED, None) != str(os.getpid()):
     _refuse_a_bad_configuration()
 
 _settings = load_server_settings(os.environ)

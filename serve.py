@@ -32,6 +32,9 @@ from app.logs import JsonFormatter
 
 __all__ = ["SERVERS", "main"]
 GUNICORN = ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+# Set to serve.py's pid once its preflight passed, for gunicorn.conf.py, read in the same process
+# after the exec; any other value (a bare gunicorn, a stale variable) is checked again.
+PREFLIGHT_PASSED = "TASKGATE_PREFLIGHT_PASSED"
 CONFIG_ERROR = 78  # EX_CONFIG, as wsgi.py exits on a configuration error
 
 
@@ -160,6 +163,7 @@ def serve_granian(start: Start) -> None:
 def main() -> None:
     start = preflight()
     if start.server.server == "gunicorn":
+        os.environ[PREFLIGHT_PASSED] = str(os.getpid())  # gunicorn keeps this pid: it need not check again
         beside = os.path.join(os.path.dirname(sys.executable), GUNICORN[0])  # the venv's, when run from one
         # exec, not a child: gunicorn becomes the process the container's init signals
         if os.access(beside, os.X_OK):

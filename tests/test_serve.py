@@ -82,6 +82,8 @@ def test_a_bad_setting_is_one_line_and_exit_78(env, message):
       "BETTER_AUTH_SECRET": SECRET}, "DATABASE_URL is required in production (PostgreSQL)"),
     ({"JWT_LEEWAY_SECONDS": "86400"}, "JWT_LEEWAY_SECONDS must be at most 300, got 86400"),
     ({"GUNICORN_WORKERS": "two"}, "GUNICORN_WORKERS must be a whole number, got 'two'"),
+    # serve.py's mark that it checked, left from another process: checked all the same
+    ({"JWT_LEEWAY_SECONDS": "86400", serve.PREFLIGHT_PASSED: "1"}, "JWT_LEEWAY_SECONDS must be at most 300, got 86400"),
 ])
 def test_gunicorn_started_bare_refuses_a_bad_setting_before_any_worker(env, line):
     """`gunicorn -c gunicorn.conf.py wsgi:app`, as the file's "Run with:" says, without serve.py:
