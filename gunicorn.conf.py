@@ -9,42 +9,9 @@ This file never imports the application, only the reader of its settings (app.co
 its log format (app.logs): the application would load prometheus_client in the master before
 PROMETHEUS_MULTIPROC_DIR is set, and metrics would silently stop adding up across workers.
 gunicorn's own log lines are JSON in the app's format, so stderr has one format. Every setting
-comes from an environment variable (GUNICORN_CMD_ARGS, if set, is applied by gunicorn after
-this file and wins over everything here):
-
-  PORT                          port to bind on 0.0.0.0              (8000)
-  GUNICORN_BIND                 full bind address(es), comma-separated;
-                                replaces 0.0.0.0:$PORT when set
-  GUNICORN_WORKER_CLASS         worker class                         (gthread)
-  GUNICORN_WORKERS              worker processes     (WEB_CONCURRENCY, else
-                                2 x CPUs available, at least 2)
-  WEB_CONCURRENCY               worker processes, as hosting platforms set
-                                it (GUNICORN_WORKERS wins)
-  GUNICORN_THREADS              threads per worker                   (2)
-  GUNICORN_WORKER_CONNECTIONS   max open connections per worker      (2000)
-  GUNICORN_KEEPALIVE            keep-alive idle timeout, seconds     (5)
-  GUNICORN_TIMEOUT              worker silent timeout, seconds       (30)
-  GUNICORN_GRACEFUL_TIMEOUT     graceful shutdown/restart, seconds   (25)
-  GUNICORN_MAX_REQUESTS         recycle a worker after N requests    (0 = never)
-  GUNICORN_MAX_REQUESTS_JITTER  random extra requests before recycle (1000)
-  GUNICORN_BACKLOG              listen(2) backlog                    (2048)
-  GUNICORN_REUSE_PORT           each worker listens on its own
-                                SO_REUSEPORT socket (1 for TCP binds;
-                                0 = one socket shared by all workers)
-  GUNICORN_ACCESS_LOG           access log target, "-" = stdout      ("" = off)
-  GUNICORN_ERROR_LOG            error log target, "-" = stderr       (-)
-  GUNICORN_LOG_LEVEL            gunicorn log level       (LOG_LEVEL, else info)
-  GUNICORN_WORKER_TMP_DIR       heartbeat file dir        (/dev/shm if present)
-  GUNICORN_CONTROL_SOCKET       path of gunicorn's control socket for
-                                `gunicornc`                          ("" = off)
-  GUNICORN_NOFILE               open-file soft limit raised to at start
-                                (worker_connections + 1024, capped by the
-                                hard limit)
-  FORWARDED_ALLOW_IPS           proxies whose X-Forwarded-* headers are trusted
-                                (127.0.0.1; "*" trusts everyone)
-  PROXY_ALLOW_IPS               proxies allowed to send the PROXY protocol
-                                header (only used with --proxy-protocol;
-                                defaults to FORWARDED_ALLOW_IPS)
+comes from an environment variable, read by app.config.load_server_settings; their names and
+defaults: docs/DEPLOY.md, "Server settings" (GUNICORN_CMD_ARGS, if set, is applied by gunicorn
+after this file and wins over everything here).
 """
 
 import logging.handlers
