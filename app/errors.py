@@ -98,12 +98,20 @@ class Forbidden(ApiError):
         super().__init__(403, "forbidden", detail)
 
 
+def insufficient_scope(dpop: bool, **params: str) -> str:
+    """The 403 challenge of RFC 6750 §3.1, in the DPoP scheme for a DPoP-bound token (RFC 9449 §7.1)."""
+    challenge = ", ".join(['error="insufficient_scope"', *(f'{name}="{value}"' for name, value in params.items())])
+    if dpop:
+        return f'DPoP {challenge}, algs="{" ".join(DPOP_ALGORITHMS)}"'
+    return f"Bearer {challenge}"
+
+
 class InsufficientScope(ApiError):
     """RFC 6750 §3.1: the token is valid but was not granted the scope this route needs."""
 
-    def __init__(self, scope: str) -> None:
+    def __init__(self, scope: str, *, dpop: bool = False) -> None:
         super().__init__(403, "insufficient_scope", f"The token was not granted the scope {scope!r}.",
-                         headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'})
+                         headers={"WWW-Authenticate": insufficient_scope(dpop, scope=scope)})
 
 
 class OAuthTokenRefused(ApiError):
@@ -112,10 +120,9 @@ class OAuthTokenRefused(ApiError):
     stays `forbidden`."""
 
     def __init__(self, detail: str = "Admin routes are never open to OAuth access tokens.",
-                 description: str = "admin routes take no OAuth access token") -> None:
+                 description: str = "admin routes take no OAuth access token", *, dpop: bool = False) -> None:
         super().__init__(403, "forbidden", detail,
-                         headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", '
-                                                      f'error_description="{description}"'})
+                         headers={"WWW-Authenticate": insufficient_scope(dpop, error_description=description)})
 
 
 class NotFound(ApiError):

@@ -113,10 +113,10 @@ def authorize(principal: Principal, auth: str, scope: str | None) -> None:
     """An admin route takes first-party admins only; an OAuth token needs the route's scope."""
     if auth == "admin":
         if principal.oauth:
-            raise OAuthTokenRefused()
+            raise OAuthTokenRefused(dpop=principal.jkt is not None)
         require_admin(principal)
     if scope is not None and principal.scopes is not None and scope not in principal.scopes:
-        raise InsufficientScope(scope)
+        raise InsufficientScope(scope, dpop=principal.jkt is not None)
 
 
 def admit(request: Request, found: Services, auth: str | None, *, rate_limited: bool = True,

@@ -227,6 +227,18 @@ def test_a_dpop_bound_token_needs_a_fresh_proof_of_its_key_for_this_request(clie
     assert get({"Authorization": f"DPoP {unbound}", "DPoP": holder.proof("GET", url, unbound)}) == "invalid_token"
 
 
+def test_a_dpop_bound_token_is_refused_a_scope_in_the_dpop_scheme(client, key):
+    """RFC 9449 §7.1: the challenge to a DPoP-bound token names the DPoP scheme, whatever the error."""
+    holder = DpopKey()
+    token = oauth_token(key, cnf={"jkt": holder.jkt}, scope="tasks:read")
+    headers = {"Authorization": f"DPoP {token}",
+               "DPoP": holder.proof("POST", "http://localhost/api/v1/tasks", token)}
+    refused = client.post("/api/v1/tasks", json={"title": "t"}, headers=headers)
+    challenge = refused.headers.get("WWW-Authenticate", "")
+    assert refused.status_code == 403 and refused.get_json()["code"] == "insufficient_scope", refused.get_json()
+    assert challenge.startswith('DPoP error="insufficient_scope", scope="tasks:write", algs="'), challenge
+
+
 def test_a_dpop_proof_names_this_request_s_url_in_any_equivalent_spelling(client, key):
     """RFC 9449 §4.3: htu compared after RFC 3986 normalization, without query or fragment."""
     holder = DpopKey()

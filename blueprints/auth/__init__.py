@@ -51,7 +51,7 @@ def logout(principal: Principal, body: LogoutRequest):
     store, actor = services().store, f"user:{principal.user_id}"
     if body.everywhere and principal.oauth:
         raise OAuthTokenRefused("An OAuth access token can sign out only itself, never its user everywhere.",
-                                "an OAuth access token signs out only itself")
+                                "an OAuth access token signs out only itself", dpop=principal.jkt is not None)
     if body.everywhere:
         store.revoke_user(principal.user_id, actor, "logout everywhere")
     else:
