@@ -217,6 +217,9 @@ def test_a_dpop_bound_token_needs_a_fresh_proof_of_its_key_for_this_request(clie
     assert get({"Authorization": f"DPoP {token}", "DPoP": proof}) == "invalid_dpop_proof"  # replayed
     assert get(bearer(token)) == "invalid_dpop_proof"  # a stolen bound token alone
     assert get({"Authorization": f"DPoP {token}"}) == "invalid_dpop_proof"  # no proof
+    fresh = holder.proof("GET", url, token)
+    assert get({"Authorization": f"DPoP {token}", "DPoP": f"{fresh}, {fresh}"}) == "invalid_dpop_proof"  # joined
+    assert get({"Authorization": f"DPoP {token}", "DPoP": "not a jwt"}) == "invalid_dpop_proof"
     other = DpopKey()
     assert get({"Authorization": f"DPoP {token}", "DPoP": other.proof("GET", url, token)}) == "invalid_dpop_proof"
     for change in ({"htm": "POST"}, {"htu": "http://localhost/api/v1/tasks/1"}, {"ath": "x"},

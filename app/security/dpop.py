@@ -98,7 +98,10 @@ def check_iat(iat: float, now: float, max_age: int) -> None:
 
 def check_proof(proof: str, request: Request, access_token: str, jkt: str, now: float, max_age: int) -> str:
     """§4.3 for one proof; returns its `jti` (the caller makes sure it is used only once)."""
-    signed = read_segments(proof)
+    try:
+        signed = read_segments(proof)
+    except TokenRejected:  # a server joins two DPoP headers into one: "proof, proof"
+        raise proof_error("The DPoP header is not one signed JWT.") from None
     header, claims = signed.header, signed.claims
     jwk = header.get("jwk")
     if str(header.get("typ", "")).lower() != "dpop+jwt":
