@@ -23,6 +23,12 @@ from tests.support.servers import RedisServer
 from tests.support.services import create_postgres_database, require_redis
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+# A production configuration whose every setting passes (the settings and factory tests start from it).
+PRODUCTION = {"APP_ENV": "production", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",
+              "REDIS_URL": "redis://127.0.0.1:1/0", "BETTER_AUTH_SECRET": SECRET, "BETTER_AUTH_URL": "",
+              "JWKS_URL": "", "JWT_ISSUER": "https://auth.example.com", "JWT_AUDIENCE": "https://api.example.com",
+              "METRICS_TOKEN": "k3Yz9QpL2mW7xR4tV8nB1cF6", "RATE_LIMITS_ENABLED": "true"}
+
 TokenFactory = Callable[..., str]
 
 

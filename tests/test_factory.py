@@ -7,8 +7,7 @@ from flask import Blueprint
 
 from app.factory import ConfigError, create_app
 from app.services import services
-from tests.conftest import SECRET
-from tests.test_settings import PRODUCTION
+from tests.conftest import PRODUCTION, SECRET
 
 plugin_bp = Blueprint("plugin", __name__)
 

@@ -15,13 +15,8 @@ from pathlib import Path
 import pytest
 
 from app.config import MIN_SECRET_BITS, ConfigError, entropy_bits, load_server_settings, load_settings
-from tests.conftest import SECRET
+from tests.conftest import PRODUCTION
 from tests.support.servers import ROOT
-
-PRODUCTION = {"APP_ENV": "production", "DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:1/x",
-              "REDIS_URL": "redis://127.0.0.1:1/0", "BETTER_AUTH_SECRET": SECRET, "BETTER_AUTH_URL": "",
-              "JWKS_URL": "", "JWT_ISSUER": "https://auth.example.com", "JWT_AUDIENCE": "https://api.example.com",
-              "METRICS_TOKEN": "k3Yz9QpL2mW7xR4tV8nB1cF6", "RATE_LIMITS_ENABLED": "true"}
 
 REFUSED = [
     ({"JWT_LEEWAY_SECONDS": "86400"}, "JWT_LEEWAY_SECONDS must be at most 300, got 86400"),
