@@ -102,8 +102,17 @@ def test_a_killed_master_fails_over_to_the_replica_and_comes_back_as_its_replica
         assert client.get("k") == "v"  # the client found the new master by itself
 
         topology.restart_killed()
-        role = old_master.call("ROLE")
-        assert role[0] == b"slave" and (role[1].decode(), role[2]) == new_master
+
+        def replicating_the_new_master() -> bool:
+            role = old_master.call("ROLE")
+            return role[0] == b"slave" and (role[1].decode(), role[2]) == new_master
+
+        deadline = time.monotonic() + 10  # Sentinel may still be reconfiguring it, on a busy machine
+        while not replicating_the_new_master() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert replicating_the_new_master(), (
+            f"the old master's ROLE {old_master.call('ROLE')[:3]}, the replica's {replica.call('ROLE')[:1]}, "
+            f"Sentinel's master now {sentinel.discover_master('topo-test')} (after the failover: {new_master})")
         assert old_master.client(decode_responses=True).get("k") == "v"
         client.close()
 
