@@ -98,9 +98,6 @@ class Checks:
             revoked = revoked or reply.revoked
             count = max(count, reply.count)
             states += zip(group, reply.states, strict=True)
-        if revoked and count and window is not None:
-            self.give_back(window)  # Cluster only: the user's bucket counted a token another bucket revokes
-            count = 0
         return Answer(revoked, count, tuple(states), False)
 
     def give_back(self, window: Window) -> None:

@@ -86,6 +86,8 @@ class RevocationStore:
                     self.floors.raise_to(bucket, state)
                 labelled(REVOCATION_CHECKS, "revoked" if answer.revoked else "ok").inc()
                 if answer.revoked and counted and window is not None:
+                    # Counted by this round's user bucket (Cluster: another bucket revokes it) or an
+                    # earlier round's: a revoked token spends nothing.
                     self.checks.give_back(window)
                 return Verdict(answer.revoked, 0 if answer.revoked else counted)
         log.warning("Redis was still behind or unverified after every round of a check: 503",
