@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
@@ -125,13 +126,15 @@ class RedisClient:
         """One command through redis-py's public connection API (`get_connection`,
         `send_command`, `read_response`), on a connection kept out of the pool between
         commands: the command's cost without the pool's per-call bookkeeping (bench/RESULTS.md).
+        It is packed once by hiredis (`send_packed_command`), not by redis-py's generic packer.
         As the client's one immediate retry: a connection that broke or timed out is closed and
         given back with every other kept one (no late reply can answer a later command), and the
         command goes once more on a fresh one from the pool."""
+        packed = [hiredis.pack_command(args)]
         for attempt in (1, 2):
             connection = self._borrow()
             try:
-                connection.send_command(*args)
+                connection.send_packed_command(packed)
                 reply = connection.read_response()
             except ResponseError:
                 self._idle.append(connection)  # Redis answered (NOSCRIPT, a script error): in step
