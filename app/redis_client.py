@@ -123,10 +123,9 @@ class RedisClient:
             return self._evalsha(call, node)
 
     def _command(self, *args: Any) -> Any:
-        """One command through redis-py's public connection API (`get_connection`,
-        `send_command`, `read_response`), on a connection kept out of the pool between
-        commands: the command's cost without the pool's per-call bookkeeping (bench/RESULTS.md).
-        It is packed once by hiredis (`send_packed_command`), not by redis-py's generic packer.
+        """One command, packed once by hiredis, through redis-py's public connection API
+        (`get_connection`, `send_packed_command`, `read_response`), on a connection kept out of the
+        pool between commands: the command's cost without the client's per-call machinery (bench/RESULTS.md).
         As the client's one immediate retry: a connection that broke or timed out is closed and
         given back with every other kept one (no late reply can answer a later command), and the
         command goes once more on a fresh one from the pool."""

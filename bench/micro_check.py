@@ -4,16 +4,16 @@ PostgreSQL and Redis in production mode (no server, no client):
     .venv/bin/python bench/micro_check.py [--checks 3000] [--rounds 7]
 
 CPU µs per operation (time.process_time, so the kernel's share of the socket calls is in),
-median of rounds. The whole check, then its parts: the question asked (`Checks.ask`), the
-fields and the script's arguments built from the token, the one command on a kept connection,
-the same command on a bare connection (redis-py's `send_command`, or packed by hiredis and
-sent with `send_packed_command`), and the pub/sub drain.
+median of rounds that alternate between the operations (micro_libraries.measure). The whole
+check, then its parts: the question asked (`Checks.ask`), the fields and the script's arguments
+built from the token, the one command on a kept connection, the same command on a bare
+connection (redis-py's `send_command`, or packed by hiredis and sent with
+`send_packed_command`), and the pub/sub drain.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -24,22 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hiredis  # noqa: E402
 
 from app.cli import mint_token  # noqa: E402
+from app.redis_client import ScriptCall  # noqa: E402
 from app.revocation.checks import fields_of  # noqa: E402
 from app.security import policy  # noqa: E402
 from app.services import services  # noqa: E402
+from bench.micro_libraries import measure  # noqa: E402
 from bench.micro_routes import production_app  # noqa: E402
-
-
-def cpu_us(operation: Callable[[], object], count: int, rounds: int) -> float:
-    for _ in range(count // 10):
-        operation()
-    results = []
-    for _ in range(rounds):
-        started = time.process_time()
-        for _ in range(count):
-            operation()
-        results.append((time.process_time() - started) / count * 1e6)
-    return statistics.median(results)
 
 
 def main() -> None:
@@ -53,15 +43,15 @@ def main() -> None:
         principal = policy.verify(mint_token(secret, "bench-user", ttl=3600), found.settings, found.keys,
                                   time.time())
         store, window = found.store, found.rate_limits.user_window(principal.user_id)
-        by_bucket = fields_of(principal)
-        call = store.checks._call(principal, window, sorted(by_bucket), by_bucket, 0)
+
+        def fields_and_arguments() -> ScriptCall:
+            fields = fields_of(principal)
+            return store.checks._call(principal, window, sorted(fields), fields, 0)
+
+        call = fields_and_arguments()
         command = ("EVALSHA", store.client._shas[call.script], len(call.keys), *call.keys, *call.args)
         store.check(principal, window)  # loads the script, verifies Redis
         bare = store.client.client.connection_pool.get_connection()
-
-        def fields_and_arguments() -> object:
-            fields = fields_of(principal)
-            return store.checks._call(principal, window, sorted(fields), fields, 0)
 
         def send_command() -> None:
             bare.send_command(*command)
@@ -81,8 +71,8 @@ def main() -> None:
             "pub/sub drain": store.channel.drain,
         }
         print(f"{'operation':32} {'CPU µs':>8}")
-        for name, operation in operations.items():
-            print(f"{name:32} {cpu_us(operation, args.checks, args.rounds):8.1f}")
+        for name, value in measure(operations, args.checks, args.rounds).items():
+            print(f"{name:32} {value:8.1f}")
         store.client.client.connection_pool.release(bare)
 
 
