@@ -77,7 +77,7 @@ def test_an_aof_cut_back_to_a_mark_loses_exactly_the_writes_after_it():
         assert (client.get("kept"), client.get("lost")) == ("1", None)
 
 
-def test_a_killed_master_fails_over_to_the_replica_and_comes_back_as_its_replica():
+def test_a_killed_master_fails_over_to_the_replica_and_rejoins_the_pair_with_its_data():
     with SentinelSet(service="topo-test") as topology:
         assert topology.url == "redis+sentinel://" + ",".join(
             f"127.0.0.1:{s.port}" for s in topology.sentinels) + "/topo-test"
