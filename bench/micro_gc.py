@@ -1,5 +1,6 @@
 """What Python's cycle collector costs a request, in process, with the app's objects left in the
-collector's generations and with them frozen as `wsgi.py` does (`gc.freeze()`):
+collector's generations and with them frozen (`gc.freeze()`; tried in `wsgi.py` and not kept,
+bench/RESULTS.md):
 
     .venv/bin/python bench/micro_gc.py [--requests 3000]
 
@@ -18,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.cli import mint_token  # noqa: E402
-from bench.micro_routes import call, environ, production_app  # noqa: E402
+from bench.micro_routes import production_app, send  # noqa: E402
 from bench.run import seed_postgresql, user_id  # noqa: E402
 
 USERS = 200
@@ -53,22 +54,20 @@ def main() -> None:
     with production_app() as (app, secret, plain_url):
         seed_postgresql(plain_url, USERS, 20)
         tokens = [mint_token(secret, user_id(u), ttl=3600) for u in range(USERS)]
-        routes = {"healthz": lambda t: call(app, environ("GET", "/healthz", t), 200),
-                  "list": lambda t: call(app, environ("GET", "/api/v1/tasks", t, query="limit=20"), 200),
-                  "me": lambda t: call(app, environ("GET", "/api/v1/auth/me", t), 200)}
-        for send in routes.values():  # warm up: every token seen once, pools filled
+        routes = ("healthz", "list", "me")
+        for name in routes:  # warm up: every token seen once, pools filled
             for i in range(2 * USERS):
-                send(tokens[i % USERS])
+                send(app, name, tokens[i % USERS], i % USERS, i)
         print(f"{'objects':8} {'route':8} {'CPU µs/req':>10} {'GC µs/req':>10} {'longest ms':>11}  collections 0/1/2")
         for frozen in (False, True):
             if frozen:
                 gc.collect()
                 gc.freeze()
-            for name, send in routes.items():
+            for name in routes:
                 collections.reset()
                 started = time.process_time()
                 for i in range(args.requests):
-                    send(tokens[i % USERS])
+                    send(app, name, tokens[i % USERS], i % USERS, i)
                 cpu = (time.process_time() - started) / args.requests * 1e6
                 print(f"{'frozen' if frozen else 'tracked':8} {name:8} {cpu:10.0f} "
                       f"{collections.seconds / args.requests * 1e6:10.1f} {collections.longest * 1000:11.1f}  "

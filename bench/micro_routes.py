@@ -62,6 +62,20 @@ def call(app, env: dict, expected: int) -> None:
         raise SystemExit(f"{env['REQUEST_METHOD']} {env['PATH_INFO']}: {status[0]}")
 
 
+def send(app: Flask, kind: str, token: str, u: int, i: int) -> None:
+    """One request of `kind` as user `u` (the i-th sent), checked for its expected status."""
+    if kind == "healthz":
+        call(app, environ("GET", "/healthz", token), 200)
+    elif kind == "list":
+        call(app, environ("GET", "/api/v1/tasks", token, query="limit=20"), 200)
+    elif kind == "create":
+        call(app, environ("POST", "/api/v1/tasks", token, b'{"title":"bench","priority":"high"}'), 201)
+    elif kind == "toggle":
+        call(app, environ("PATCH", f"/api/v1/tasks/{u * 20 + 1 + i % 20}/complete", token), 200)
+    else:
+        call(app, environ("GET", "/api/v1/auth/me", token), 200)
+
+
 @contextmanager
 def production_app() -> Iterator[tuple[Flask, str, str]]:
     """The app in production mode on a fresh, migrated PostgreSQL database (dropped after)
@@ -105,18 +119,7 @@ def main() -> None:
 
         def request(kind: str) -> None:
             i = next(counter)
-            u = i % args.users
-            token = tokens[u]
-            if kind == "healthz":
-                call(app, environ("GET", "/healthz", token), 200)
-            elif kind == "list":
-                call(app, environ("GET", "/api/v1/tasks", token, query="limit=20"), 200)
-            elif kind == "create":
-                call(app, environ("POST", "/api/v1/tasks", token, b'{"title":"bench","priority":"high"}'), 201)
-            elif kind == "toggle":
-                call(app, environ("PATCH", f"/api/v1/tasks/{u * 20 + 1 + i % 20}/complete", token), 200)
-            else:
-                call(app, environ("GET", "/api/v1/auth/me", token), 200)
+            send(app, kind, tokens[i % args.users], i % args.users, i)
 
         kinds = ("healthz", "list", "create", "toggle", "me")
         for kind in kinds:  # warm up: every token seen once, pools filled
